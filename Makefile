@@ -1,0 +1,45 @@
+# edge-lora developer entry points. Every target installs what it needs first, so each one works as the
+# first command on a fresh machine: `make test`, `make demo`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+CLI    := $(VENV)/bin/edge-lora
+STAMP  := $(VENV)/.installed
+DEMO   ?= demo_out
+
+.PHONY: install test test-fast lint format demo bench clean
+
+install: $(STAMP)
+
+# Re-install when the project's dependencies change. torch/torchvision are capped at releases this
+# workplace ships on disk (see pyproject); pip takes them from there.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check edge_lora tests benchmarks
+	$(VENV)/bin/ruff format --check edge_lora tests benchmarks
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format edge_lora tests benchmarks
+	$(VENV)/bin/ruff check --fix edge_lora tests benchmarks
+
+# The main job, offline, on the project's own synthetic data (see README "Demo").
+demo: $(STAMP)
+	DEMO=$(DEMO) CLI=$(CLI) bash scripts/demo.sh
+
+# Benchmarks on DeepPCB (../shared); slow, not part of CI. Results land in benchmarks/results/.
+bench: $(STAMP)
+	$(PY) benchmarks/lora_vs_full.py
+
+clean:
+	rm -rf $(DEMO) .pytest_cache .ruff_cache

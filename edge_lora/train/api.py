@@ -1,0 +1,238 @@
+"""``train()``: LoRA (or full) fine-tuning of a YOLO detector, the public API behind ``edge-lora train``."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from copy import deepcopy
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from edge_lora.errors import InputError, ToolError
+from edge_lora.fileio import atomic_output_dir, atomic_write_json, check_output, sha256_file
+from edge_lora.models import LoadedModel, load_detection_model, model_yaml_name, structural_fingerprint, versions
+from edge_lora.train.adapter_io import build_adapted_model, read_adapter, write_adapter
+from edge_lora.train.config import TrainOptions
+from edge_lora.train.inject import (
+    frozen_changes,
+    frozen_snapshot,
+    inject_lora,
+    lora_config,
+    plan_targets,
+    rebuild_for_classes,
+    resolve_head_mode,
+    set_trainable,
+)
+
+HEAD_INIT_SEED = 0
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced."""
+
+    out: Path
+    mode: str  # "lora" | "full"
+    trainable_params: int
+    total_params: int
+    artifact_bytes: int  # adapter files (LoRA) or checkpoint (full)
+    metrics: dict[str, float]
+    seconds: float
+    epochs: int
+    peak_rss_mb: float
+    excluded: dict[str, str] = field(default_factory=dict)
+    head_mode: str = "frozen"
+    frozen_tensors_verified: int = 0  # base tensors checked bit-identical after training (model and EMA)
+
+    @property
+    def trainable_share(self) -> float:
+        """Trainable parameters as a fraction of the model's parameters."""
+        return self.trainable_params / max(self.total_params, 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form."""
+        d = asdict(self)
+        d["out"] = str(self.out)
+        d["trainable_share"] = self.trainable_share
+        return d
+
+
+def _metrics(raw: dict[str, Any] | None) -> dict[str, float]:
+    keys = {
+        "metrics/mAP50-95(B)": "mAP50-95",
+        "metrics/mAP50(B)": "mAP50",
+        "metrics/precision(B)": "precision",
+        "metrics/recall(B)": "recall",
+    }
+    return {short: round(float(raw[k]), 6) for k, short in keys.items() if raw and k in raw}
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+
+
+def _base_record(base: LoadedModel) -> dict[str, Any]:
+    return {
+        "path": base.source,
+        "sha256": base.sha256,
+        "fingerprint": structural_fingerprint(base.model),
+        "yaml": model_yaml_name(base.model),
+        "names": {str(k): v for k, v in base.names.items()},
+    }
+
+
+def _data_record(data_spec: Any) -> dict[str, Any]:
+    return {"yaml": str(Path(data_spec.yaml_path).resolve()), "sha256": data_spec.sha256}
+
+
+def merged_from_adapter(base_model: nn.Module, adapter_dir: Path) -> nn.Module:
+    """Base + adapter merged into plain convs (used for validation during training and by ``merge``)."""
+    model, tuner = build_adapted_model(base_model, read_adapter(adapter_dir))
+    return tuner.merge_and_unload(safe_merge=True)
+
+
+def train(options: TrainOptions) -> TrainResult:
+    """Fine-tune ``options.base`` on ``options.data`` with LoRA adapters (or every weight with ``full``).
+
+    Returns a :class:`TrainResult`; the adapter package (or ``model.pt`` with ``full``) is in ``options.out``,
+    written atomically: a failed run leaves no output directory behind.
+    """
+    from edge_lora.data.checks import load_data_yaml
+
+    check_output(options.out, options.overwrite)
+    data = load_data_yaml(options.data, check_images=True)
+    if options.full:
+        return _train_full(options, data)
+    if Path(options.base).suffix.lower() in (".yaml", ".yml"):
+        raise InputError(
+            f"--base {options.base}: LoRA adapts trained weights, a model YAML has none; "
+            "train a base first with --full, then pass its model.pt"
+        )
+    base = load_detection_model(options.base)
+    settings = options.lora
+    head_mode = resolve_head_mode(settings.head, base.names, data.names)
+    rebuilt = base.names != data.names
+    model = rebuild_for_classes(base.model, data.names, seed=HEAD_INIT_SEED) if rebuilt else deepcopy(base.model)
+    plan = plan_targets(model, settings, head_mode)
+    inject_lora(model, lora_config(settings, plan.targets, base.source))
+    trainable = set_trainable(model, plan.dense_prefixes)
+    # Dense head tensors are trained on purpose; everything else (base weights, every BN buffer) must stay.
+    snapshot = frozen_snapshot(model, [k for k in model.state_dict() if any(k.startswith(p + ".") for p in plan.dense_prefixes)])
+    n_trainable = sum(p.numel() for n, p in model.named_parameters() if n in set(trainable))
+    n_total = sum(p.numel() for n, p in base.model.named_parameters())
+
+    meta: dict[str, Any] = {
+        "base": _base_record(base),
+        "names": {str(k): v for k, v in data.names.items()},
+        "nc": len(data.names),
+        "imgsz": options.imgsz,
+        "lora": {**settings.to_dict(), "target_modules": plan.targets, "scale": settings.scale},
+        "excluded": plan.excluded,
+        "head": {"requested": settings.head, "mode": head_mode, "rebuilt": rebuilt, "init_seed": HEAD_INIT_SEED},
+        "trainable_modules": sorted({n.rsplit(".", 2)[0] if "lora_" in n else n.rsplit(".", 1)[0] for n in trainable}),
+        "trainable_params": n_trainable,
+        "total_params": n_total,
+        "data": _data_record(data),
+        "train": {k: v for k, v in options.ultralytics_overrides().items() if k != "data"},
+        "versions": versions(),
+    }
+
+    def write(ema_model: nn.Module, where: Path) -> None:
+        with atomic_output_dir(where, overwrite=True) as tmp:
+            write_adapter(tmp, ema_model, plan.dense_prefixes, meta)
+
+    def evaluate(adapter_dir: Path) -> nn.Module:
+        return merged_from_adapter(base.model, adapter_dir)
+
+    from edge_lora.train.trainer import LoraDetectionTrainer
+
+    start = time.perf_counter()
+    with atomic_output_dir(options.out, options.overwrite) as tmp:
+        overrides = {**options.ultralytics_overrides(), "model": str(base.source), "project": str(tmp), "name": "training"}
+        trainer = LoraDetectionTrainer(model, trainable, write, evaluate, overrides)
+        trainer.train()
+        seconds = time.perf_counter() - start
+        for label, trained in (("model", trainer.model), ("EMA model", trainer.ema.ema)):
+            changed = frozen_changes(trained, snapshot)
+            if changed:
+                raise ToolError(f"the frozen base changed during training ({label}: {changed[0]} and {len(changed) - 1} more)")
+        final = getattr(trainer, "final_adapter", None)
+        if final is None:
+            raise InputError(f"training on {options.data} produced no adapter (every epoch had NaN weights?)")
+        metrics = _metrics(trainer.metrics)
+        final_meta = {**meta, "frozen_tensors_verified": len(snapshot), "metrics": metrics, "epochs_run": trainer.epoch + 1, "train_seconds": round(seconds, 2)}
+        write_adapter(tmp, _load_into(model, final), plan.dense_prefixes, final_meta)
+        shutil.rmtree(tmp / "training" / "weights", ignore_errors=True)  # the chosen adapter is at the top level
+        size = sum(f.stat().st_size for f in tmp.iterdir() if f.is_file() and f.suffix in (".safetensors", ".json"))
+    return TrainResult(
+        out=options.out, mode="lora", trainable_params=n_trainable, total_params=n_total, artifact_bytes=size,
+        metrics=metrics, seconds=seconds, epochs=trainer.epoch + 1, peak_rss_mb=_peak_rss_mb(),
+        excluded=plan.excluded, head_mode=head_mode, frozen_tensors_verified=len(snapshot),
+    )
+
+
+def _load_into(model: nn.Module, adapter_dir: Path) -> nn.Module:
+    """A copy of the training model holding the tensors of ``adapter_dir`` (to rewrite it with final metadata)."""
+    from peft.utils import set_peft_model_state_dict
+
+    package = read_adapter(adapter_dir)
+    copy = deepcopy(model)
+    if package.dense_state:
+        copy.load_state_dict(package.dense_state, strict=False)
+    set_peft_model_state_dict(copy, package.lora_state, adapter_name="default")
+    return copy
+
+
+def _train_full(options: TrainOptions, data: Any) -> TrainResult:
+    """Plain Ultralytics fine-tuning of every weight (the demo's base, the benchmark's baseline)."""
+    from ultralytics.models.yolo.detect import DetectionTrainer
+
+    from edge_lora.models import _quiet_ultralytics
+
+    _quiet_ultralytics()
+    is_yaml = Path(options.base).suffix.lower() in (".yaml", ".yml")
+    base = load_detection_model(options.base, nc=len(data.names) if is_yaml else None)
+    start = time.perf_counter()
+    with atomic_output_dir(options.out, options.overwrite) as tmp:
+        overrides = {
+            **options.ultralytics_overrides(),
+            "model": str(base.source),
+            "pretrained": not is_yaml,
+            "project": str(tmp),
+            "name": "training",
+        }
+        trainer = DetectionTrainer(overrides=overrides)
+        trainer.train()
+        seconds = time.perf_counter() - start
+        best = trainer.best if trainer.best.exists() else trainer.last
+        shutil.copy2(best, tmp / "model.pt")
+        shutil.rmtree(tmp / "training" / "weights", ignore_errors=True)
+        n_total = sum(p.numel() for p in base.model.parameters())
+        metrics = _metrics(trainer.metrics)
+        atomic_write_json(
+            tmp / "edge_lora.json",
+            {
+                "kind": "edge-lora-model",
+                "schema_version": 1,
+                "mode": "full",
+                "base": _base_record(base),
+                "names": {str(k): v for k, v in data.names.items()},
+                "imgsz": options.imgsz,
+                "data": _data_record(data),
+                "metrics": metrics,
+                "train_seconds": round(seconds, 2),
+                "train": {k: v for k, v in options.ultralytics_overrides().items() if k != "data"},
+                "files": {"model.pt": sha256_file(tmp / "model.pt")},
+                "versions": versions(),
+            },
+        )
+        size = (tmp / "model.pt").stat().st_size
+    return TrainResult(
+        out=options.out, mode="full", trainable_params=n_total, total_params=n_total, artifact_bytes=size,
+        metrics=metrics, seconds=seconds, epochs=trainer.epoch + 1, peak_rss_mb=_peak_rss_mb(), head_mode="train",
+    )

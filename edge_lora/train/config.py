@@ -1,0 +1,117 @@
+"""Configuration of a LoRA fine-tuning run: fields that explain themselves and fail early, naming the option."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from edge_lora.errors import InputError
+
+HeadMode = Literal["auto", "frozen", "train"]
+DEFAULT_TARGETS = ("backbone", "neck")
+
+
+@dataclass
+class LoraSettings:
+    """Where the low-rank adapters go and how big they are (mirrors PEFT's ``LoraConfig``)."""
+
+    rank: int = field(default=8, metadata={"help": "LoRA rank r (size of the low-rank bottleneck)."})
+    alpha: float = field(default=16.0, metadata={"help": "LoRA alpha; the update is scaled by alpha / rank."})
+    dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA branch input while training."})
+    targets: tuple[str, ...] = field(
+        default=DEFAULT_TARGETS,
+        metadata={
+            "help": "Where to put adapters: 'backbone', 'neck', 'head', 'all', a layer index ('9'), "
+            "or a regex matched against module names ('model\\.(1|2)\\..*')."
+        },
+    )
+    head: HeadMode = field(
+        default="auto",
+        metadata={
+            "help": "'frozen': head untouched; 'train': head trained densely and saved; 'auto': frozen when the "
+            "data's class names equal the base's, else the class branch is rebuilt and trained densely."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        if self.rank <= 0:
+            raise InputError(f"--rank must be a positive integer, got {self.rank}")
+        if self.alpha <= 0:
+            raise InputError(f"--alpha must be positive, got {self.alpha}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise InputError(f"--dropout must be in [0, 1), got {self.dropout}")
+        if self.head not in ("auto", "frozen", "train"):
+            raise InputError(f"--head must be auto, frozen or train, got '{self.head}'")
+        self.targets = tuple(t.strip() for t in self.targets if t.strip())
+        if not self.targets:
+            raise InputError("--targets is empty; use e.g. 'backbone,neck'")
+
+    @property
+    def scale(self) -> float:
+        """The LoRA scaling factor alpha / r applied to B·A."""
+        return self.alpha / self.rank
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form."""
+        d = asdict(self)
+        d["targets"] = list(self.targets)
+        return d
+
+
+@dataclass
+class TrainOptions:
+    """Everything ``edge-lora train`` needs. Training hyper-parameters pass through to Ultralytics."""
+
+    base: Path = field(metadata={"help": "Base checkpoint (.pt) or model YAML."})
+    data: Path = field(metadata={"help": "Ultralytics data YAML of the new product line."})
+    out: Path = field(metadata={"help": "Output adapter directory (or model directory with --full)."})
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    full: bool = field(default=False, metadata={"help": "Train every weight (plain Ultralytics fine-tuning)."})
+    epochs: int = field(default=10, metadata={"help": "Training epochs."})
+    imgsz: int = field(default=640, metadata={"help": "Training and validation image size."})
+    batch: int = field(default=16, metadata={"help": "Batch size."})
+    lr: float | None = field(default=None, metadata={"help": "Initial learning rate (None: Ultralytics' auto)."})
+    optimizer: str = field(default="auto", metadata={"help": "Ultralytics optimizer name, or 'auto'."})
+    workers: int = field(default=2, metadata={"help": "Dataloader workers."})
+    device: str = field(default="cpu", metadata={"help": "Torch device, e.g. 'cpu' or '0'."})
+    seed: int = field(default=0, metadata={"help": "Random seed (Ultralytics deterministic mode)."})
+    patience: int = field(default=100, metadata={"help": "Early-stopping patience in epochs."})
+    plots: bool = field(default=False, metadata={"help": "Let Ultralytics write training plots."})
+    overwrite: bool = field(default=False, metadata={"help": "Replace an existing --out."})
+    extra: dict[str, Any] = field(default_factory=dict, metadata={"help": "Other Ultralytics train arguments."})
+
+    def __post_init__(self) -> None:
+        self.base, self.data, self.out = Path(self.base), Path(self.data), Path(self.out)
+        for name, value, low in (("--epochs", self.epochs, 1), ("--imgsz", self.imgsz, 32), ("--batch", self.batch, 1)):
+            if value < low:
+                raise InputError(f"{name} must be >= {low}, got {value}")
+        if self.imgsz % 32:
+            raise InputError(f"--imgsz must be a multiple of 32 (the model's largest stride), got {self.imgsz}")
+        if self.lr is not None and self.lr <= 0:
+            raise InputError(f"--lr must be positive, got {self.lr}")
+
+    def ultralytics_overrides(self) -> dict[str, Any]:
+        """The arguments handed to the Ultralytics trainer."""
+        args: dict[str, Any] = {
+            "data": str(self.data),
+            "epochs": self.epochs,
+            "imgsz": self.imgsz,
+            "batch": self.batch,
+            "optimizer": self.optimizer,
+            "workers": self.workers,
+            "device": self.device,
+            "seed": self.seed,
+            "deterministic": True,
+            "patience": self.patience,
+            "plots": self.plots,
+            "amp": self.device != "cpu",
+            "exist_ok": True,
+            "verbose": False,
+        }
+        if self.lr is not None:
+            args["lr0"] = self.lr
+            if self.optimizer == "auto":  # 'auto' ignores lr0 in Ultralytics; pick its small-run choice explicitly
+                args["optimizer"] = "AdamW"
+        args.update(self.extra)
+        return args

@@ -1,0 +1,112 @@
+"""An Ultralytics ``DetectionTrainer`` that trains only the adapters.
+
+Datasets, augmentation, loss, EMA, logging and the training loop stay Ultralytics'. Four hooks change:
+
+* freezing: Ultralytics' ``_setup_train`` sets ``requires_grad=True`` on every parameter not named in
+  ``freeze``; we re-apply the adapter's trainable set right after it (before the optimizer is built);
+* BatchNorm: the trainer puts the model back in train mode each epoch; every BN goes back to eval so
+  running statistics (and ``num_batches_tracked``) stay the base's, bit for bit;
+* EMA: Ultralytics averages every float tensor, which would nudge the frozen base by rounding
+  (d·w + (1-d)·w != w in floating point); ``AdapterEMA`` averages only the trainable tensors;
+* checkpoints: instead of pickled ``last.pt``/``best.pt`` it writes adapter packages (from the EMA model,
+  FP32), and the final validation runs on the merged best adapter.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from ultralytics.models.yolo.detect import DetectionTrainer
+from ultralytics.utils.torch_utils import ModelEMA, unwrap_model
+
+
+class AdapterEMA(ModelEMA):
+    """Ultralytics' EMA restricted to the trainable tensors; frozen tensors are never touched."""
+
+    def __init__(self, model: nn.Module, trainable: list[str], **kwargs: Any) -> None:
+        super().__init__(model, **kwargs)
+        ema_params = dict(self.ema.named_parameters())
+        model_params = dict(unwrap_model(model).named_parameters())
+        self._trainable_pairs = [(ema_params[n], model_params[n]) for n in trainable]
+
+    def update(self, model: nn.Module) -> None:
+        """EMA step over the trainable tensors only (same decay schedule as Ultralytics)."""
+        if not self.enabled:
+            return
+        self.updates += 1
+        d = self.decay(self.updates)
+        with torch.no_grad():
+            for e, m in self._trainable_pairs:
+                e.mul_(d).add_(m.detach(), alpha=1.0 - d)
+
+
+class LoraDetectionTrainer(DetectionTrainer):
+    """Trains the LoRA matrices (and a densely trained head, if any) of a prepared model."""
+
+    def __init__(
+        self,
+        prepared_model: nn.Module,
+        trainable: list[str],
+        write_adapter: Callable[[nn.Module, Path], None],
+        evaluate_adapter: Callable[[Path], nn.Module],
+        overrides: dict[str, Any],
+    ) -> None:
+        super().__init__(overrides=overrides)
+        self.model = prepared_model  # setup_model() then keeps it instead of building one
+        self.trainable = list(trainable)
+        self._write_adapter = write_adapter
+        self._merged_from_adapter = evaluate_adapter
+        self.best_adapter = self.wdir / "best_adapter"
+        self.last_adapter = self.wdir / "last_adapter"
+
+    def _apply_freeze(self) -> None:
+        wanted = set(self.trainable)
+        for name, p in self.model.named_parameters():
+            p.requires_grad_(name in wanted)
+
+    def _build_train_pipeline(self) -> None:
+        # Runs right after Ultralytics' freeze loop re-enabled every parameter, and before the optimizer exists.
+        self._apply_freeze()
+        super()._build_train_pipeline()
+
+    def _setup_train(self) -> None:
+        # Ultralytics warns once per frozen parameter when it re-enables it; enable first to keep the log
+        # readable, the adapter's trainable set is re-applied in _build_train_pipeline() before any step.
+        for p in self.model.parameters():
+            p.requires_grad_(p.is_floating_point())
+        super()._setup_train()
+        self._apply_freeze()
+        self.ema = AdapterEMA(self.model, self.trainable)
+
+    def _model_train(self) -> None:
+        self.model.train()
+        for m in self.model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+
+    def save_model(self) -> bool:
+        """Write the EMA adapter as ``last_adapter`` (and ``best_adapter`` on a new best fitness)."""
+        ema = self.ema.ema
+        if not all(torch.isfinite(p).all() for _, p in ema.named_parameters() if p.is_floating_point()):
+            return False  # never write a NaN adapter; Ultralytics' NaN recovery redoes the epoch
+        self._write_adapter(ema, self.last_adapter)
+        if self.best_fitness is not None and self.fitness is not None and math.isclose(self.best_fitness, self.fitness):
+            self._write_adapter(ema, self.best_adapter)
+        return True
+
+    def final_eval(self) -> None:
+        """Validate the best adapter, merged, with Ultralytics' validator (the numbers the adapter records)."""
+        source = self.best_adapter if self.best_adapter.is_dir() else self.last_adapter
+        if not source.is_dir():
+            return
+        merged = self._merged_from_adapter(source)
+        self.validator.args.plots = self.args.plots
+        self.validator.args.compile = False
+        self.metrics = self.validator(model=merged)
+        self.metrics.pop("fitness", None)
+        self.final_adapter = source

@@ -1,0 +1,66 @@
+"""Shared fixtures: a tiny synthetic dataset, a tiny YOLO26n base checkpoint, a trained adapter.
+
+Everything is built offline from ``yolo26n.yaml`` and the project's own synthetic generator, at 64 px,
+once per test session.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("YOLO_OFFLINE", "1")  # Ultralytics: no update checks or telemetry from tests
+
+IMGSZ = 64
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def demo_data(tmp_path_factory: pytest.TempPathFactory):
+    """The two-line synthetic dataset, 8 train / 4 val images per line at 96 px."""
+    from edge_lora.data.synth import generate_demo_dataset
+
+    return generate_demo_dataset(tmp_path_factory.mktemp("data") / "demo", n_train=8, n_val=4, imgsz=96, seed=0)
+
+
+def make_base(path: Path, names: dict[int, str], seed: int = 0) -> Path:
+    """A randomly initialised YOLO26n saved as a plain Ultralytics checkpoint (stands in for a trained base)."""
+    import torch
+
+    from edge_lora.models import save_checkpoint
+    from ultralytics.nn.tasks import DetectionModel
+
+    torch.manual_seed(seed)
+    model = DetectionModel("yolo26n.yaml", nc=len(names), verbose=False)
+    model.names = dict(names)
+    return save_checkpoint(model, path, train_args={"imgsz": IMGSZ}, provenance={"kind": "test-base", "seed": seed})
+
+
+@pytest.fixture(scope="session")
+def base_ckpt(tmp_path_factory: pytest.TempPathFactory, demo_data) -> Path:
+    from edge_lora.data.synth import NAMES
+
+    return make_base(tmp_path_factory.mktemp("base") / "base.pt", NAMES)
+
+
+def fast_train_args() -> dict:
+    """Ultralytics settings that make a 2-epoch run on 8 images actually take optimizer steps."""
+    return {"nbs": 4, "warmup_epochs": 0, "mosaic": 0.0, "close_mosaic": 0, "lr0": 0.01, "optimizer": "AdamW"}
+
+
+@pytest.fixture(scope="session")
+def trained_adapter(tmp_path_factory: pytest.TempPathFactory, demo_data, base_ckpt):
+    """A LoRA adapter trained for 2 epochs on line B (returns the TrainResult)."""
+    from edge_lora.train.api import train
+    from edge_lora.train.config import LoraSettings, TrainOptions
+
+    out = tmp_path_factory.mktemp("adapters") / "line_b"
+    return train(
+        TrainOptions(
+            base=base_ckpt, data=demo_data.line_b_yaml, out=out, lora=LoraSettings(rank=4, alpha=8),
+            epochs=2, imgsz=IMGSZ, batch=4, workers=0, extra=fast_train_args(),
+        )
+    )
