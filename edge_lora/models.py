@@ -6,8 +6,10 @@ and the tests use that). Anything else fails with one line that says what to pas
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -45,9 +47,16 @@ def normalize_names(names: Any) -> dict[int, str]:
     return {int(k): str(v) for k, v in dict(names or {}).items()}
 
 
-def _quiet_ultralytics() -> None:
-    # Ultralytics logs every layer when a model is built; edge-lora prints its own summary.
-    logging.getLogger("ultralytics").setLevel(logging.WARNING)
+@contextlib.contextmanager
+def quiet_ultralytics() -> Iterator[None]:
+    """Silence Ultralytics' INFO logs (it prints every layer when a model is built) inside the block."""
+    logger = logging.getLogger("ultralytics")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _resolve_checkpoint(path: Path) -> Path:
@@ -87,10 +96,13 @@ def load_detection_model(source: str | Path, *, nc: int | None = None) -> Loaded
     Raises:
         ModelError: missing file, not a YOLO checkpoint, or not a detection model.
     """
-    _quiet_ultralytics()
+    with quiet_ultralytics():
+        return _load_detection_model(Path(source), nc)
+
+
+def _load_detection_model(path: Path, nc: int | None) -> LoadedModel:
     from ultralytics.nn.tasks import DetectionModel, load_checkpoint
 
-    path = Path(source)
     if path.suffix.lower() in _YAML_SUFFIXES:
         try:
             model = DetectionModel(str(path), nc=nc, verbose=False)

@@ -24,9 +24,8 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from importlib.abc import Traversable
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import TYPE_CHECKING, Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -40,6 +39,9 @@ from pydantic import (
 )
 
 from edge_lora.errors import ProfileError
+
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
 
 __all__ = [
     "BACKENDS",
@@ -101,21 +103,31 @@ _FAMILY_BACKENDS: dict[str, tuple[str, ...]] = {
     "gpu": ("tensorrt", "onnxruntime"),
 }
 
+# ONNX Runtime's provider names (onnxruntime.get_all_providers() of 1.32, plus ones older releases had).
+# Checked here so a typo fails when the profile loads, not when the session is created on the device.
 _ORT_PROVIDERS: tuple[str, ...] = (
     "CPUExecutionProvider",
     "CUDAExecutionProvider",
     "TensorrtExecutionProvider",
     "OpenVINOExecutionProvider",
+    "DnnlExecutionProvider",
     "DmlExecutionProvider",
-    "ROCMExecutionProvider",
     "MIGraphXExecutionProvider",
     "CoreMLExecutionProvider",
     "XnnpackExecutionProvider",
     "QNNExecutionProvider",
+    "NnapiExecutionProvider",
+    "VitisAIExecutionProvider",
+    "VSINPUExecutionProvider",
+    "RknpuExecutionProvider",
+    "CANNExecutionProvider",
+    "WebGpuExecutionProvider",
+    "WebNNExecutionProvider",
+    "JsExecutionProvider",
+    "AzureExecutionProvider",
+    "ROCMExecutionProvider",
     "ACLExecutionProvider",
     "ArmNNExecutionProvider",
-    "NnapiExecutionProvider",
-    "WebGpuExecutionProvider",
 )
 # Providers with real fp16 kernels. ORT's CPU provider has few fp16 kernels: an fp16 graph on it runs
 # Cast-wrapped fp32 kernels and is slower than the fp32 graph, so fp16 needs one of these in the list.
@@ -128,6 +140,7 @@ _ORT_FP16_PROVIDERS: frozenset[str] = frozenset(
         "MIGraphXExecutionProvider",
         "CoreMLExecutionProvider",
         "WebGpuExecutionProvider",
+        "QNNExecutionProvider",
     }
 )
 
@@ -222,6 +235,28 @@ class _Strict(BaseModel):
     # strict: YAML already yields real ints/floats/bools, so a string where a number belongs is a
     # mistake to report, not to coerce. frozen: a loaded profile is a fact its sha256 vouches for.
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class _Document(_Strict):
+    """A top-level file: equal and hashed by content, whatever file it was loaded from."""
+
+    def resolved_dict(self) -> dict[str, Any]:
+        """Every field with defaults filled in, as JSON types with keys sorted; validates back unchanged."""
+        return _sorted(self.model_dump(mode="json"))
+
+    def sha256(self) -> str:
+        """Hex sha256 of :meth:`resolved_dict` in canonical JSON (same form as ``fileio.sha256_json``)."""
+        return _sha256_json(self.resolved_dict())
+
+    def __eq__(self, other: object) -> bool:
+        # Pydantic's default also compares private attributes (the source path); a copy of a shipped
+        # profile in the user's folder is the same profile.
+        if not isinstance(other, _Document):
+            return NotImplemented
+        return type(self) is type(other) and self.resolved_dict() == other.resolved_dict()
+
+    def __hash__(self) -> int:
+        return hash(self.sha256())
 
 
 def _quoted_version(value: Any, example: str) -> Any:
@@ -484,6 +519,14 @@ class HardwareInfo(_Strict):
         "bounds tensorrt.dla_core.",
     )
 
+    @field_validator("model_match")
+    @classmethod
+    def _non_empty(cls, value: list[str]) -> list[str]:
+        # An empty pattern would match every board.
+        if any(not pattern.strip() for pattern in value):
+            raise ValueError("patterns must not be empty")
+        return value
+
 
 class Gates(_Strict):
     """Pass/fail limits checked on the device, comparing the exported model with the unmerged model."""
@@ -569,8 +612,10 @@ class BenchSettings(_Strict):
     )
 
 
-class TargetProfile(_Strict):
+class TargetProfile(_Document):
     """What to build for one kind of device, and the gates it must pass there.
+
+    ``sha256()`` covers the profile only; an INT8 build cache key should add the recipe's ``sha256()``.
 
     Load with :func:`load_profile` or :func:`resolve_target`; constructing one directly
     (``TargetProfile.model_validate(d)``) runs the same checks except the calibration recipe lookup.
@@ -697,7 +742,7 @@ class TargetProfile(_Strict):
             if other != self.backend and getattr(self, other) is not None:
                 add(
                     other,
-                    f"{other} settings on a {self.backend} profile; remove them or set backend: {other}",
+                    f"{other} settings, but backend is {self.backend}; remove them or set backend: {other}",
                 )
         if self.backend not in _FAMILY_BACKENDS[self.family]:
             allowed = " or ".join(_FAMILY_BACKENDS[self.family])
@@ -827,20 +872,9 @@ class TargetProfile(_Strict):
         """The file this profile was loaded from, as shown in messages; None if built in code."""
         return self._source
 
-    def resolved_dict(self) -> dict[str, Any]:
-        """Every field with defaults filled in, as JSON types with keys sorted; loads back unchanged."""
-        return _sorted(self.model_dump(mode="json"))
-
-    def sha256(self) -> str:
-        """Hex sha256 of :meth:`resolved_dict` in canonical JSON (same form as ``fileio.sha256_json``).
-
-        Covers the profile only; an INT8 cache key should also include :meth:`CalibRecipe.sha256`.
-        """
-        return _sha256_json(self.resolved_dict())
-
     def to_yaml(self) -> str:
-        """The resolved profile as YAML (what ``targets show`` prints; a valid profile file)."""
-        return yaml.safe_dump(self.resolved_dict(), sort_keys=True, default_flow_style=False)
+        """The resolved profile as YAML in schema order (what ``targets show`` prints; a valid profile)."""
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, width=100, allow_unicode=True)
 
     def load_calibration(self) -> CalibRecipe | None:
         """The calibration recipe this profile names, or None when it builds no int8."""
@@ -874,7 +908,7 @@ class TargetProfile(_Strict):
         return profile
 
 
-class CalibRecipe(_Strict):
+class CalibRecipe(_Document):
     """Which images calibrate INT8 quantization (and validate accuracy-aware quantization)."""
 
     schema_version: Literal[1] = Field(description="Recipe schema version; this edge-lora reads 1.")
@@ -934,14 +968,6 @@ class CalibRecipe(_Strict):
         """The file this recipe was loaded from, as shown in messages; None if built in code."""
         return self._source
 
-    def resolved_dict(self) -> dict[str, Any]:
-        """Every field with defaults filled in, as JSON types with keys sorted."""
-        return _sorted(self.model_dump(mode="json"))
-
-    def sha256(self) -> str:
-        """Hex sha256 of :meth:`resolved_dict` in canonical JSON."""
-        return _sha256_json(self.resolved_dict())
-
 
 def _sorted(obj: Any) -> Any:
     if isinstance(obj, dict):
@@ -994,6 +1020,8 @@ def _describe(err: Mapping[str, Any], root: type[BaseModel]) -> str:
     loc = tuple(err["loc"])
     kind = err["type"]
     if kind == "extra_forbidden":
+        if root is TargetProfile and loc == ("extends",):
+            return "extends only works in a profile file (it is resolved when the file is loaded)"
         parent = _model_at(root, loc[:-1])
         allowed = sorted(parent.model_fields) if parent is not None else []
         if root is TargetProfile and len(loc) == 1:
@@ -1010,6 +1038,8 @@ def _describe(err: Mapping[str, Any], root: type[BaseModel]) -> str:
     if kind == "assertion_error":
         return msg.removeprefix("Assertion failed, ")
     value = err.get("input")
+    if isinstance(value, str) and kind in ("int_type", "float_type", "bool_type"):
+        return f"{msg}, got the string {value!r} (write it without quotes)"
     if isinstance(value, (str, int, float, bool)) or value is None:
         return f"{msg}, got {value!r}"
     return f"{msg}, got a {type(value).__name__}"
@@ -1190,7 +1220,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 def _parse(doc: _Doc, kind: str) -> dict[str, Any]:
     try:
-        data = yaml.load(doc.text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        data = yaml.load(doc.text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass: no object construction
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""

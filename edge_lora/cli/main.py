@@ -19,10 +19,11 @@ def main() -> None:
 
 
 def _register() -> None:
-    from edge_lora.cli import model_cmds
+    from edge_lora.cli import model_cmds, target_cmds
 
-    for command in model_cmds.COMMANDS:
-        main.add_command(command)
+    for module in (model_cmds, target_cmds):
+        for command in module.COMMANDS:
+            main.add_command(command)
 
 
 _register()

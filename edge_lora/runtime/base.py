@@ -29,7 +29,7 @@ from edge_lora.errors import EdgeLoraError, InputError, ModelError, ToolError
 # {name: (numpy dtype, shape)}; a dynamic dimension is None. Insertion order is the model's I/O order.
 TensorMetadata = dict[str, tuple[np.dtype, tuple[int | None, ...]]]
 
-# Ultralytics writes every metadata value with str() into ONNX metadata_props; these keys hold Python literals.
+# Ultralytics writes each metadata value with str() into ONNX metadata_props; these keys hold Python literals.
 _LITERAL_KEYS = ("imgsz", "names", "args", "end2end", "kpt_shape", "kpt_names", "dynamic")
 _INT_KEYS = ("stride", "batch", "channels")
 
@@ -49,22 +49,16 @@ def normalize_metadata(raw: Mapping[str, Any] | None) -> dict[str, Any]:
     for key in _LITERAL_KEYS:
         value = meta.get(key)
         if isinstance(value, str):
-            try:
+            with contextlib.suppress(ValueError, SyntaxError):
                 meta[key] = ast.literal_eval(value)
-            except (ValueError, SyntaxError):
-                pass
     for key in _INT_KEYS:
         if key in meta:
-            try:
+            with contextlib.suppress(TypeError, ValueError):
                 meta[key] = int(meta[key])
-            except (TypeError, ValueError):
-                pass
     names = meta.get("names")
     if isinstance(names, Mapping):
-        try:
+        with contextlib.suppress(TypeError, ValueError):
             meta["names"] = {int(k): str(v) for k, v in names.items()}
-        except (TypeError, ValueError):
-            pass
     elif isinstance(names, (list, tuple)):
         meta["names"] = {i: str(v) for i, v in enumerate(names)}
     imgsz = meta.get("imgsz")
@@ -144,7 +138,9 @@ class Runner(ABC):
         self.deactivate_impl()
 
     def _safe_deactivate_impl(self) -> None:
-        with contextlib.suppress(Exception):  # best-effort cleanup after a failed activation: first error wins
+        with contextlib.suppress(
+            Exception
+        ):  # best-effort cleanup after a failed activation: first error wins
             self.deactivate_impl()
 
     # ------------------------------------------------------------------------------------------- metadata
@@ -204,14 +200,20 @@ class Runner(ABC):
             missing = [n for n in expected if n not in feed]
             extra = [n for n in feed if n not in expected]
             parts = [f"missing {missing}" if missing else "", f"unexpected {extra}" if extra else ""]
-            raise InputError(f"{self.name}: feed inputs do not match the model: {', '.join(p for p in parts if p)}")
+            raise InputError(
+                f"{self.name}: feed inputs do not match the model: {', '.join(p for p in parts if p)}"
+            )
         for name, (dtype, shape) in expected.items():
             arr = feed[name]
             if not isinstance(arr, np.ndarray):
-                raise InputError(f"{self.name}: input '{name}' must be a numpy array, got {type(arr).__name__}")
+                raise InputError(
+                    f"{self.name}: input '{name}' must be a numpy array, got {type(arr).__name__}"
+                )
             if arr.dtype != dtype:
                 raise InputError(f"{self.name}: input '{name}' expects dtype {dtype}, got {arr.dtype}")
-            if arr.ndim != len(shape) or any(d is not None and d != a for d, a in zip(shape, arr.shape)):
+            if arr.ndim != len(shape) or any(
+                d is not None and d != a for d, a in zip(shape, arr.shape, strict=True)
+            ):
                 raise InputError(
                     f"{self.name}: input '{name}' expects shape {_fmt_shape(shape)}, got {tuple(arr.shape)}"
                 )

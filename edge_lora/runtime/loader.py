@@ -38,8 +38,8 @@ def runner_class(path: str | Path) -> type[Runner]:
 
         return TensorRtRunner
     raise InputError(
-        f"{p}: unknown model type {suffix or '(no suffix)'!r}; expected .onnx, an OpenVINO .xml (or its folder), "
-        f".engine or .plan"
+        f"{p}: unknown model type {suffix or '(no suffix)'!r}; expected .onnx, an OpenVINO .xml "
+        f"(or its folder), .engine or .plan"
     )
 
 

@@ -164,10 +164,14 @@ class OnnxRuntimeRunner(Runner):
         available = ort.get_available_providers()
         missing = [p for p in self.providers if p not in available]
         if missing:
-            raise ToolError(f"{self.name}: ONNX Runtime providers {missing} are not available here ({available})")
+            raise ToolError(
+                f"{self.name}: ONNX Runtime providers {missing} are not available here ({available})"
+            )
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = self.intra_op_threads
-        opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _GRAPH_OPT_LEVELS[self.graph_optimization])
+        opts.graph_optimization_level = getattr(
+            ort.GraphOptimizationLevel, _GRAPH_OPT_LEVELS[self.graph_optimization]
+        )
         opts.log_severity_level = 3  # errors only: warnings go to stderr of the device tool otherwise
         try:
             self._session = ort.InferenceSession(str(self.path), sess_options=opts, providers=self.providers)
@@ -199,7 +203,7 @@ class OnnxRuntimeRunner(Runner):
     def infer_impl(self, feed: Mapping[str, np.ndarray], copy_outputs: bool) -> dict[str, np.ndarray]:
         # ONNX Runtime returns fresh arrays, so copy_outputs has nothing to do here.
         results = self._session.run(self._output_names, feed)
-        return dict(zip(self._output_names, results))
+        return dict(zip(self._output_names, results, strict=True))
 
     @property
     def session(self):

@@ -23,7 +23,9 @@ def resolve_openvino_xml(path: str | Path) -> Path:
         if not xmls:
             raise ModelError(f"{p} holds no OpenVINO IR (.xml)")
         if len(xmls) > 1:
-            raise InputError(f"{p} holds several OpenVINO IRs ({[x.name for x in xmls]}); pass the .xml to use")
+            raise InputError(
+                f"{p} holds several OpenVINO IRs ({[x.name for x in xmls]}); pass the .xml to use"
+            )
         p = xmls[0]
     if p.suffix.lower() != ".xml":
         raise InputError(f"{p}: an OpenVINO IR is a .xml file (with its .bin) or the folder holding them")
@@ -108,7 +110,9 @@ class OpenVinoRunner(Runner):
         super().__init__(xml, name)
         hint = str(performance_hint).upper()
         if hint not in _PERFORMANCE_HINTS:
-            raise InputError(f"performance_hint must be one of {list(_PERFORMANCE_HINTS)}, got {performance_hint!r}")
+            raise InputError(
+                f"performance_hint must be one of {list(_PERFORMANCE_HINTS)}, got {performance_hint!r}"
+            )
         if num_streams is not None and int(num_streams) < 1:
             raise InputError(f"num_streams must be >= 1, got {num_streams}")
         self.device = device
@@ -160,7 +164,7 @@ class OpenVinoRunner(Runner):
     @staticmethod
     def _meta(ports, names) -> TensorMetadata:
         meta: TensorMetadata = {}
-        for port, name in zip(ports, names):
+        for port, name in zip(ports, names, strict=True):
             shape = tuple(None if d.is_dynamic else d.get_length() for d in port.get_partial_shape())
             meta[name] = (np.dtype(port.get_element_type().to_dtype()), shape)
         return meta

@@ -233,7 +233,9 @@ def _first_output(outputs: Mapping[str, np.ndarray] | Sequence[np.ndarray] | np.
         return next(iter(outputs.values()))
     if isinstance(outputs, (list, tuple)) and outputs:
         return np.asarray(outputs[0])
-    raise InputError(f"postprocess expects an array, a list or a dict of arrays, got {type(outputs).__name__}")
+    raise InputError(
+        f"postprocess expects an array, a list or a dict of arrays, got {type(outputs).__name__}"
+    )
 
 
 def _is_end2end(pred: np.ndarray, nc: int | None) -> bool:
@@ -246,9 +248,11 @@ def _is_end2end(pred: np.ndarray, nc: int | None) -> bool:
         return False
     if rows_of_6 and raw:
         raise InputError(
-            f"cannot tell an end-to-end output from a raw one for shape {pred.shape}; pass end2end= explicitly"
+            f"cannot tell an end-to-end output from a raw one for shape {pred.shape}; pass end2end explicitly"
         )
-    raise InputError(f"output shape {pred.shape} is neither (N, K, 6) end-to-end nor (N, 4 + nc, anchors) raw")
+    raise InputError(
+        f"output shape {pred.shape} is neither (N, K, 6) end-to-end nor (N, 4 + nc, anchors) raw"
+    )
 
 
 def postprocess(
@@ -293,7 +297,9 @@ def postprocess(
     if end2end is None:
         end2end = _is_end2end(pred, nc)
     decode = _decode_end2end if end2end else _decode_raw
-    return [decode(p, info, conf, iou, max_det, nc, max_nms, max_wh) for p, info in zip(pred, infos)]
+    return [
+        decode(p, info, conf, iou, max_det, nc, max_nms, max_wh) for p, info in zip(pred, infos, strict=True)
+    ]
 
 
 def _decode_end2end(p, info, conf, iou, max_det, nc, max_nms, max_wh) -> Detections:
@@ -301,9 +307,7 @@ def _decode_end2end(p, info, conf, iou, max_det, nc, max_nms, max_wh) -> Detecti
         raise InputError(f"end-to-end rows need 6 values [x1, y1, x2, y2, score, class], got {p.shape[-1]}")
     keep = np.flatnonzero(p[:, 4] > conf)[:max_det]
     rows = p[keep]
-    return Detections(
-        scale_boxes(rows[:, :4].copy(), info), rows[:, 4].copy(), rows[:, 5].astype(np.int64)
-    )
+    return Detections(scale_boxes(rows[:, :4].copy(), info), rows[:, 4].copy(), rows[:, 5].astype(np.int64))
 
 
 def _decode_raw(p, info, conf, iou, max_det, nc, max_nms, max_wh) -> Detections:

@@ -192,9 +192,6 @@ def _train_full(options: TrainOptions, data: Any) -> TrainResult:
     """Plain Ultralytics fine-tuning of every weight (the demo's base, the benchmark's baseline)."""
     from ultralytics.models.yolo.detect import DetectionTrainer
 
-    from edge_lora.models import _quiet_ultralytics
-
-    _quiet_ultralytics()
     is_yaml = Path(options.base).suffix.lower() in (".yaml", ".yml")
     base = load_detection_model(options.base, nc=len(data.names) if is_yaml else None)
     start = time.perf_counter()

@@ -107,7 +107,6 @@ class TrainOptions:
             "plots": self.plots,
             "amp": self.device != "cpu",
             "exist_ok": True,
-            "verbose": False,
         }
         if self.lr is not None:
             args["lr0"] = self.lr
