@@ -60,8 +60,26 @@ def head_params() -> int:
 def run(name: str, args: list[str], epochs: int, imgsz: int, batch: int, work: Path) -> dict:
     out = work / name
     json_path = work / f"{name}.json"
-    cmd = [*CLI, "train", "--base", str(BASE), "--data", str(DATA), "--out", str(out), "--epochs", str(epochs),
-           "--imgsz", str(imgsz), "--batch", str(batch), "--overwrite", "--json", str(json_path), *args]
+    cmd = [
+        *CLI,
+        "train",
+        "--base",
+        str(BASE),
+        "--data",
+        str(DATA),
+        "--out",
+        str(out),
+        "--epochs",
+        str(epochs),
+        "--imgsz",
+        str(imgsz),
+        "--batch",
+        str(batch),
+        "--overwrite",
+        "--json",
+        str(json_path),
+        *args,
+    ]
     log = work / f"{name}.log"
     start = time.perf_counter()
     with open(log, "w") as f:
@@ -80,7 +98,9 @@ def markdown(report: dict) -> str:
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     base = report["base_metrics"]
-    rows.append(f"| base (no fine-tuning) | 0 | 0% | – | – | – | {base['mAP50-95']:.4f} | {base['mAP50']:.4f} | |")
+    rows.append(
+        f"| base (no fine-tuning) | 0 | 0% | – | – | – | {base['mAP50-95']:.4f} | {base['mAP50']:.4f} | |"
+    )
     full = next((r for r in report["runs"] if r.get("name") == "full" and "metrics" in r), None)
     for r in report["runs"]:
         if "error" in r:
@@ -128,13 +148,17 @@ def main() -> None:
     for name in args.configs.split(","):
         print(f"== {name}", flush=True)
         result = run(name, CONFIGS[name], args.epochs, args.imgsz, args.batch, args.work)
-        if name == "head" and "trainable_params" in result:  # --full reports every weight; only the head trains
+        if (
+            name == "head" and "trainable_params" in result
+        ):  # --full reports every weight; only the head trains
             result["trainable_params"] = report["head_params"]
             result["trainable_share"] = report["head_params"] / result["total_params"]
         report["runs"].append(result)
         from edge_lora.fileio import atomic_write_json, atomic_write_text
 
-        atomic_write_json(args.results / "lora_vs_full.json", report)  # after every run: partial results survive
+        atomic_write_json(
+            args.results / "lora_vs_full.json", report
+        )  # after every run: partial results survive
         atomic_write_text(args.results / "lora_vs_full.md", markdown(report))
     print(markdown(report))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 from pathlib import Path
@@ -39,10 +40,8 @@ def machine_details() -> dict[str, Any]:
     isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile") if f" {f}" in flags]
     libs = {}
     for pkg in ("edge-lora", "torch", "ultralytics", "peft", "onnxruntime", "openvino", "nncf", "numpy"):
-        try:
+        with contextlib.suppress(md.PackageNotFoundError):
             libs[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
     return {
         "cpu": cpu_model(),
         "cores": os.cpu_count(),

@@ -21,7 +21,9 @@ def describe(path: str | Path) -> dict[str, Any]:
     if p.is_dir():
         meta_path = p / "edge_lora.json"
         if not meta_path.is_file():
-            raise InputError(f"{p}: no edge_lora.json; expected an adapter or model directory written by edge-lora")
+            raise InputError(
+                f"{p}: no edge_lora.json; expected an adapter or model directory written by edge-lora"
+            )
         meta = json.loads(meta_path.read_text())
         if meta.get("kind") == "edge-lora-adapter":
             from edge_lora.train.adapter_io import read_adapter
@@ -42,13 +44,18 @@ def describe(path: str | Path) -> dict[str, Any]:
                 "head": meta.get("head", {}),
                 "trainable_params": meta.get("trainable_params"),
                 "total_params": meta.get("total_params"),
-                "trainable_share": (meta.get("trainable_params") or 0) / max(meta.get("total_params") or 1, 1),
+                "trainable_share": (meta.get("trainable_params") or 0)
+                / max(meta.get("total_params") or 1, 1),
                 "bytes": _dir_bytes(p),
                 "metrics": meta.get("metrics", {}),
                 "data": meta.get("data", {}),
                 "versions": meta.get("versions", {}),
             }
-        summary = {"kind": meta.get("kind", "unknown"), "path": str(p), **{k: meta[k] for k in ("mode", "names", "imgsz", "metrics", "base") if k in meta}}
+        summary = {
+            "kind": meta.get("kind", "unknown"),
+            "path": str(p),
+            **{k: meta[k] for k in ("mode", "names", "imgsz", "metrics", "base") if k in meta},
+        }
         if (p / "model.pt").is_file():
             summary["checkpoint"] = describe(p / "model.pt")
         return summary

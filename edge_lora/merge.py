@@ -64,12 +64,16 @@ class MergeReport:
         return d
 
 
-def check_compatible(package: AdapterPackage, base_sha256: str | None, base_fingerprint: str, force: bool) -> list[str]:
+def check_compatible(
+    package: AdapterPackage, base_sha256: str | None, base_fingerprint: str, force: bool
+) -> list[str]:
     """Refuse an adapter trained on another base; with ``force`` return the mismatches as warnings."""
     recorded = package.meta.get("base", {})
     problems = []
     if recorded.get("sha256") and base_sha256 and recorded["sha256"] != base_sha256:
-        problems.append(f"base sha256 {base_sha256[:12]}… differs from the adapter's base {recorded['sha256'][:12]}…")
+        problems.append(
+            f"base sha256 {base_sha256[:12]}… differs from the adapter's base {recorded['sha256'][:12]}…"
+        )
     if recorded.get("fingerprint") and recorded["fingerprint"] != base_fingerprint:
         problems.append("base architecture (module names/shapes) differs from the adapter's base")
     if problems and not force:
@@ -86,7 +90,9 @@ def parity_images(data: str | Path | None, images: str | Path | None, limit: int
         root = Path(images)
         if not root.exists():
             raise InputError(f"--images {root} not found")
-        found = sorted(p for p in (root.rglob("*") if root.is_dir() else [root]) if p.suffix.lower() in _IMAGE_SUFFIXES)
+        found = sorted(
+            p for p in (root.rglob("*") if root.is_dir() else [root]) if p.suffix.lower() in _IMAGE_SUFFIXES
+        )
     elif data is not None:
         from edge_lora.data.checks import load_data_yaml
 
@@ -125,8 +131,13 @@ def _flat_outputs(out: Any, prefix: str = "") -> dict[str, torch.Tensor]:
 
 
 def compare_models(
-    reference: nn.Module, candidate: nn.Module, images: list[Path], imgsz: int, tolerance: float = DEFAULT_TOLERANCE,
-    batch_size: int = 4, conf: float = 0.25,
+    reference: nn.Module,
+    candidate: nn.Module,
+    images: list[Path],
+    imgsz: int,
+    tolerance: float = DEFAULT_TOLERANCE,
+    batch_size: int = 4,
+    conf: float = 0.25,
 ) -> ParityReport:
     """Run both models on the same images; compare every raw output tensor and the final detections."""
     from ultralytics.utils.nms import non_max_suppression
@@ -148,12 +159,16 @@ def compare_models(
                 entry["max_rel"] = max(entry["max_rel"], diff / scale)
             ref_det = non_max_suppression(ref_out[0], conf, 0.7, end2end=end2end)
             cand_det = non_max_suppression(cand_out[0], conf, 0.7, end2end=end2end)
-            for r, c in zip(ref_det, cand_det):
+            for r, c in zip(ref_det, cand_det, strict=True):
                 compared += len(r)
-                same = r.shape == c.shape and (r.shape[0] == 0 or (
-                    torch.equal(r[:, 5], c[:, 5]) and (r[:, :4] - c[:, :4]).abs().max().item() < 1e-2
-                    and (r[:, 4] - c[:, 4]).abs().max().item() < 1e-4
-                ))
+                same = r.shape == c.shape and (
+                    r.shape[0] == 0
+                    or (
+                        torch.equal(r[:, 5], c[:, 5])
+                        and (r[:, :4] - c[:, :4]).abs().max().item() < 1e-2
+                        and (r[:, 4] - c[:, 4]).abs().max().item() < 1e-4
+                    )
+                )
                 identical &= bool(same)
     return ParityReport(
         images=len(images),
@@ -197,7 +212,9 @@ def merge(
     paths = parity_images(data, images, num_images)
 
     unmerged, tuner = build_adapted_model(base_model.model, package)
-    n_layers = sum(1 for n, m in unmerged.named_modules() if hasattr(m, "lora_A") and hasattr(m, "base_layer"))
+    n_layers = sum(
+        1 for n, m in unmerged.named_modules() if hasattr(m, "lora_A") and hasattr(m, "base_layer")
+    )
     reference = deepcopy(unmerged).eval()
     merged = tuner.merge_and_unload(safe_merge=True).eval()
     leftover = [n for n, _ in merged.named_modules() if "lora_" in n]
@@ -213,7 +230,11 @@ def merge(
     provenance = {
         "kind": "edge-lora-merged",
         "base": {"path": str(base), "sha256": base_model.sha256},
-        "adapter": {"path": str(adapter), "files": package.meta.get("files", {}), "lora": package.meta.get("lora")},
+        "adapter": {
+            "path": str(adapter),
+            "files": package.meta.get("files", {}),
+            "lora": package.meta.get("lora"),
+        },
         "names": package.meta["names"],
         "imgsz": imgsz,
         "parity": asdict(parity),
@@ -224,8 +245,12 @@ def merge(
     save_checkpoint(merged, out, train_args=train_args, provenance=provenance)
     out_sha = sha256_file(out)
     report = MergeReport(
-        out=out, parity=parity, merged_layers=n_layers, forced=force,
-        warnings=warnings, out_sha256=out_sha,
+        out=out,
+        parity=parity,
+        merged_layers=n_layers,
+        forced=force,
+        warnings=warnings,
+        out_sha256=out_sha,
     )
     atomic_write_json(out.with_suffix(".json"), {**provenance, "sha256": out_sha, "report": report.to_dict()})
     return report

@@ -83,7 +83,9 @@ def _resolve_checkpoint(path: Path) -> Path:
             f"https://github.com/ultralytics/assets/releases on a machine with internet and pass its path, "
             f"or pass a model YAML such as {path.stem}.yaml for a randomly initialised model"
         )
-    raise ModelError(f"base {path} not found; pass an Ultralytics detection checkpoint (.pt) or a model .yaml")
+    raise ModelError(
+        f"base {path} not found; pass an Ultralytics detection checkpoint (.pt) or a model .yaml"
+    )
 
 
 def load_detection_model(source: str | Path, *, nc: int | None = None) -> LoadedModel:
@@ -115,14 +117,20 @@ def _load_detection_model(path: Path, nc: int | None) -> LoadedModel:
         _freeze_eval(model)
         return LoadedModel(model, str(path), None, True, {})
     if path.suffix.lower() != ".pt":
-        raise ModelError(f"base {path}: expected a .pt checkpoint or a model .yaml, got '{path.suffix or 'no suffix'}'")
+        raise ModelError(
+            f"base {path}: expected a .pt checkpoint or a model .yaml, got '{path.suffix or 'no suffix'}'"
+        )
     path = _resolve_checkpoint(path)
     try:
         model, ckpt = load_checkpoint(str(path))
     except Exception as e:
-        raise ModelError(f"{path} is not a YOLO checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
+        raise ModelError(
+            f"{path} is not a YOLO checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:160]})"
+        ) from None
     if not isinstance(model, DetectionModel) or getattr(model, "task", "detect") != "detect":
-        raise ModelError(f"{path} holds a {type(model).__name__} ({getattr(model, 'task', '?')}); edge-lora needs a detection model")
+        raise ModelError(
+            f"{path} holds a {type(model).__name__} ({getattr(model, 'task', '?')}); edge-lora needs a detection model"
+        )
     _freeze_eval(model)
     return LoadedModel(model, str(path), sha256_file(path), False, dict(ckpt.get("train_args") or {}))
 
@@ -149,7 +157,17 @@ def versions() -> dict[str, str]:
     import importlib.metadata as md
 
     out = {}
-    for pkg in ("edge-lora", "torch", "ultralytics", "peft", "safetensors", "onnx", "onnxruntime", "openvino", "nncf"):
+    for pkg in (
+        "edge-lora",
+        "torch",
+        "ultralytics",
+        "peft",
+        "safetensors",
+        "onnx",
+        "onnxruntime",
+        "openvino",
+        "nncf",
+    ):
         try:
             out[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
@@ -158,7 +176,11 @@ def versions() -> dict[str, str]:
 
 
 def save_checkpoint(
-    model: nn.Module, path: str | Path, *, train_args: dict[str, Any] | None = None, provenance: dict[str, Any]
+    model: nn.Module,
+    path: str | Path,
+    *,
+    train_args: dict[str, Any] | None = None,
+    provenance: dict[str, Any],
 ) -> Path:
     """Write ``model`` as a standard Ultralytics checkpoint that ``YOLO(path)`` loads with no edge-lora installed.
 

@@ -23,20 +23,24 @@ def demo_data(tmp_path_factory: pytest.TempPathFactory):
     """The two-line synthetic dataset, 8 train / 4 val images per line at 96 px."""
     from edge_lora.data.synth import generate_demo_dataset
 
-    return generate_demo_dataset(tmp_path_factory.mktemp("data") / "demo", n_train=8, n_val=4, imgsz=96, seed=0)
+    return generate_demo_dataset(
+        tmp_path_factory.mktemp("data") / "demo", n_train=8, n_val=4, imgsz=96, seed=0
+    )
 
 
 def make_base(path: Path, names: dict[int, str], seed: int = 0) -> Path:
     """A randomly initialised YOLO26n saved as a plain Ultralytics checkpoint (stands in for a trained base)."""
     import torch
+    from ultralytics.nn.tasks import DetectionModel
 
     from edge_lora.models import save_checkpoint
-    from ultralytics.nn.tasks import DetectionModel
 
     torch.manual_seed(seed)
     model = DetectionModel("yolo26n.yaml", nc=len(names), verbose=False)
     model.names = dict(names)
-    return save_checkpoint(model, path, train_args={"imgsz": IMGSZ}, provenance={"kind": "test-base", "seed": seed})
+    return save_checkpoint(
+        model, path, train_args={"imgsz": IMGSZ}, provenance={"kind": "test-base", "seed": seed}
+    )
 
 
 @pytest.fixture(scope="session")
@@ -60,7 +64,14 @@ def trained_adapter(tmp_path_factory: pytest.TempPathFactory, demo_data, base_ck
     out = tmp_path_factory.mktemp("adapters") / "line_b"
     return train(
         TrainOptions(
-            base=base_ckpt, data=demo_data.line_b_yaml, out=out, lora=LoraSettings(rank=4, alpha=8),
-            epochs=2, imgsz=IMGSZ, batch=4, workers=0, extra=fast_train_args(),
+            base=base_ckpt,
+            data=demo_data.line_b_yaml,
+            out=out,
+            lora=LoraSettings(rank=4, alpha=8),
+            epochs=2,
+            imgsz=IMGSZ,
+            batch=4,
+            workers=0,
+            extra=fast_train_args(),
         )
     )

@@ -133,8 +133,12 @@ def test_adapter_round_trip_gives_same_outputs(tmp_path, base_ckpt):
     base, model, plan = _adapted(base_ckpt)
     _randomize_lora(model)
     model.eval()
-    write_adapter(tmp_path / "a", model, plan.dense_prefixes, {"names": {"0": "scratch", "1": "hole", "2": "short"},
-                                                                "base": {}, "imgsz": IMGSZ, "head": {}})
+    write_adapter(
+        tmp_path / "a",
+        model,
+        plan.dense_prefixes,
+        {"names": {"0": "scratch", "1": "hole", "2": "short"}, "base": {}, "imgsz": IMGSZ, "head": {}},
+    )
     rebuilt, _ = build_adapted_model(base.model, read_adapter(tmp_path / "a"))
     x = torch.rand(2, 3, IMGSZ, IMGSZ)
     with torch.inference_mode():
@@ -156,12 +160,11 @@ def test_merge_parity_and_plain_ultralytics_load(tmp_path, trained_adapter, base
     assert compare_models(base, unmerged, _images(demo_data), IMGSZ).max_abs > 0
 
     # A plain Ultralytics load predicts what base + adapter predicts.
+    import cv2
     from ultralytics import YOLO
     from ultralytics.data.augment import LetterBox
     from ultralytics.utils import ops
     from ultralytics.utils.nms import non_max_suppression
-
-    import cv2
 
     yolo = YOLO(str(out))
     assert yolo.names == {0: "scratch", 1: "hole", 2: "short"}
@@ -172,7 +175,9 @@ def test_merge_parity_and_plain_ultralytics_load(tmp_path, trained_adapter, base
         x = torch.from_numpy(np.ascontiguousarray(x)).float()[None] / 255
         with torch.inference_mode():
             pred = unmerged(x)[0]
-        want = non_max_suppression(pred, 0.001, 0.7, max_det=300, end2end=bool(getattr(unmerged, "end2end", False)))[0]
+        want = non_max_suppression(
+            pred, 0.001, 0.7, max_det=300, end2end=bool(getattr(unmerged, "end2end", False))
+        )[0]
         want[:, :4] = ops.scale_boxes((IMGSZ, IMGSZ), want[:, :4], img.shape)
         assert got.shape == want.shape and got.shape[0] > 0
         assert torch.equal(got[:, 5], want[:, 5])
@@ -212,11 +217,27 @@ def test_rebuilt_head_for_new_classes(tmp_path, base_ckpt, demo_data):
     root = tmp_path / "two"
     shutil.copytree(Path(data["path"]), root)
     for lbl in root.rglob("*.txt"):  # fold class 2 into 1
-        lbl.write_text("".join(("1" + ln[1:] if ln.startswith("2") else ln) + "\n" for ln in lbl.read_text().split("\n") if ln))
+        lbl.write_text(
+            "".join(
+                ("1" + ln[1:] if ln.startswith("2") else ln) + "\n"
+                for ln in lbl.read_text().split("\n")
+                if ln
+            )
+        )
     data["path"] = str(root)
     (tmp_path / "two.yaml").write_text(yaml.safe_dump(data))
-    result = train(TrainOptions(base=base_ckpt, data=tmp_path / "two.yaml", out=tmp_path / "ad", epochs=1, imgsz=IMGSZ,
-                                batch=4, workers=0, extra=fast_train_args()))
+    result = train(
+        TrainOptions(
+            base=base_ckpt,
+            data=tmp_path / "two.yaml",
+            out=tmp_path / "ad",
+            epochs=1,
+            imgsz=IMGSZ,
+            batch=4,
+            workers=0,
+            extra=fast_train_args(),
+        )
+    )
     assert result.head_mode == "rebuild"
     assert (result.out / "head.safetensors").is_file()
     report = merge(base_ckpt, result.out, tmp_path / "m.pt", data=tmp_path / "two.yaml")

@@ -37,7 +37,14 @@ from edge_lora.runtime.base import normalize_metadata
 from edge_lora.runtime.loader import load_runner, runner_class
 from edge_lora.runtime.onnxrt import OnnxRuntimeRunner, read_onnx_metadata
 from edge_lora.runtime.openvino_rt import OpenVinoRunner
-from edge_lora.runtime.prepost import Detections, LetterboxInfo, letterbox, postprocess, preprocess, scale_boxes
+from edge_lora.runtime.prepost import (
+    Detections,
+    LetterboxInfo,
+    letterbox,
+    postprocess,
+    preprocess,
+    scale_boxes,
+)
 from edge_lora.runtime.tensorrt_rt import (
     TensorRtRunner,
     check_engine_fingerprint,
@@ -91,7 +98,11 @@ def _make_detector(cfg: str, out: Path) -> Path:
     net.eval()
 
     head = net.model[-1]
-    finals = [(n, seq[-1]) for n in ("cv2", "one2one_cv2", "cv3", "one2one_cv3") for seq in getattr(head, n, None) or []]
+    finals = [
+        (n, seq[-1])
+        for n in ("cv2", "one2one_cv2", "cv3", "one2one_cv3")
+        for seq in getattr(head, n, None) or []
+    ]
     logits = {}
 
     def grab(conv, _inputs, output):
@@ -120,7 +131,7 @@ def _make_detector(cfg: str, out: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def detectors(tmp_path_factory) -> dict[str, types.SimpleNamespace]:
-    """YOLO26n (NMS-free end-to-end head) and YOLO11n (raw output + NMS), each as .pt, .onnx and OpenVINO IR."""
+    """YOLO26n (NMS-free end-to-end head) and YOLO11n (raw output + NMS) as .pt, .onnx and OpenVINO IR."""
     ultralytics = pytest.importorskip("ultralytics")
     root = tmp_path_factory.mktemp("detectors")
     found = {}
@@ -136,9 +147,13 @@ def detectors(tmp_path_factory) -> dict[str, types.SimpleNamespace]:
 
 
 def _torch_model(pt: Path, end2end: bool):
-    """The PyTorch model behind an export. Ultralytics quirk: a YOLO26 built from YAML (and trained from it)
-    runs its one-to-many head + NMS in PyTorch unless ``end2end`` is set, while the nms=False export runs the
-    one-to-one head; set it so both run the same head."""
+    """The PyTorch model behind an export, set to run the same head as the export.
+
+    Ultralytics quirk: a YOLO26 runs its one-to-many head (raw output + NMS) in PyTorch unless told otherwise,
+    while the nms=False export runs the one-to-one head. For direct forward calls ``model.end2end = True``
+    selects it; ``predict`` ignores that and re-selects the head from its own ``nms`` argument
+    (``end2end=args.nms is False``, engine/predictor.py), so predict needs ``nms=False`` too.
+    """
     ultralytics = pytest.importorskip("ultralytics")
     model = ultralytics.YOLO(pt)
     if end2end:
@@ -257,7 +272,9 @@ def _saved_images(folder: Path, imgs: list[np.ndarray]) -> list[str]:
 
 # ------------------------------------------------------------------------------------------ letterbox
 @pytest.mark.parametrize("shape", [*SHAPES, (1, 300), (7, 5), (300, 1)])
-@pytest.mark.parametrize(("new_shape", "auto", "scaleup"), [(IMGSZ, False, True), ((96, 64), False, True), (64, True, False)])
+@pytest.mark.parametrize(
+    ("new_shape", "auto", "scaleup"), [(IMGSZ, False, True), ((96, 64), False, True), (64, True, False)]
+)
 def test_letterbox_matches_ultralytics(shape, new_shape, auto, scaleup):
     augment = pytest.importorskip("ultralytics.data.augment")
     img = synth_image(*shape, seed=sum(shape))
@@ -290,7 +307,9 @@ def test_preprocess_layout_and_image_kinds():
     batch, infos = preprocess([bgr, bgr[..., 0], np.dstack([bgr, np.full((30, 50), 255, np.uint8)])], 64)
     assert batch.shape == (3, 3, 64, 64) and batch.dtype == np.float32 and batch.flags.c_contiguous
     lb, _, _ = letterbox(bgr, 64)
-    np.testing.assert_array_equal(batch[0], lb[..., ::-1].transpose(2, 0, 1).astype(np.float32) / np.float32(255))
+    np.testing.assert_array_equal(
+        batch[0], lb[..., ::-1].transpose(2, 0, 1).astype(np.float32) / np.float32(255)
+    )
     np.testing.assert_array_equal(batch[0], batch[2])  # BGRA -> BGR
     assert infos[0] == LetterboxInfo((30, 50), (64, 64), (64 / 50, 38 / 30), (0, 13))
     half, _ = preprocess([bgr], (64, 96), fp16=True)
@@ -348,7 +367,12 @@ def test_decode_matches_pytorch_predict(detectors, images, name):
     model = _torch_model(d.pt, d.end2end)
     with load_runner(d.onnx) as runner:
         for img in images:
-            ref = _as_detections(model.predict(img, imgsz=IMGSZ, conf=0.25, verbose=False)[0])
+            # Ultralytics quirk: Model.predict defaults to rect=True, and a PyTorch model then letterboxes to
+            # the minimum stride-multiple rectangle (e.g. 64x32), not the fixed imgsz square every static
+            # export sees. rect=False makes it feed the same 64x64 input.
+            head = {"nms": False} if d.end2end else {}  # see _torch_model
+            ref = model.predict(img, imgsz=IMGSZ, conf=0.25, rect=False, verbose=False, **head)[0]
+            ref = _as_detections(ref)
             batch, infos = preprocess([img], IMGSZ)
             ours = postprocess(runner.infer(batch), infos, end2end=d.end2end, conf=0.25)[0]
             _match(ref, ours)
@@ -361,7 +385,10 @@ def test_runners_match_pytorch_raw_outputs(detectors, images, name):
     d = detectors[name]
     net = _torch_model(d.pt, d.end2end).model.float().eval()
     batch, _ = preprocess(images, IMGSZ)
-    with OnnxRuntimeRunner(d.onnx) as ort_runner, OpenVinoRunner(d.ov, inference_precision="f32") as ov_runner:
+    with (
+        OnnxRuntimeRunner(d.onnx) as ort_runner,
+        OpenVinoRunner(d.ov, inference_precision="f32") as ov_runner,
+    ):
         for x in batch:
             x = x[None]
             with torch.no_grad():
@@ -431,7 +458,9 @@ def test_postprocess_rules():
             out[0, 4 + c, i] = s
         return out
 
-    same = raw((20, 20, 10, 10, 0, 0.9), (21, 20, 10, 10, 0, 0.8), (21, 20, 10, 10, 1, 0.7), (50, 50, 4, 4, 0, 0.25))
+    same = raw(
+        (20, 20, 10, 10, 0, 0.9), (21, 20, 10, 10, 0, 0.8), (21, 20, 10, 10, 1, 0.7), (50, 50, 4, 4, 0, 0.25)
+    )
     (d,) = postprocess(same, [info], nc=2)  # end2end inferred from the (1, 6, 4) shape and nc
     assert d.class_ids.tolist() == [0, 1]  # same-class overlap suppressed, other class kept
     np.testing.assert_allclose(d.scores, [0.9, 0.7])
@@ -501,7 +530,9 @@ def test_normalize_metadata():
         {"names": "{0: 'scratch', 1: 'dent'}", "imgsz": "[640, 480]", "stride": "32", "end2end": "False"}
     )
     assert meta == {"names": {0: "scratch", 1: "dent"}, "imgsz": [640, 480], "stride": 32, "end2end": False}
-    assert normalize_metadata({"args": "{'nms': True}", "end2end": "False"})["end2end"] is True  # embedded NMS
+    assert (
+        normalize_metadata({"args": "{'nms': True}", "end2end": "False"})["end2end"] is True
+    )  # embedded NMS
     assert normalize_metadata({"names": {"0": "a"}, "imgsz": 320})["names"] == {0: "a"}
     assert normalize_metadata(None) == {}
 
@@ -601,7 +632,9 @@ def test_tensorrt_without_usable_gpu_is_a_tool_error(tmp_path, monkeypatch):
     """TensorRT importable but no CUDA device (or no CUDA binding): a ToolError, not a crash."""
     if _cuda_device_count() > 0:
         pytest.skip("a CUDA device is present")
-    fake_trt = types.SimpleNamespace(__version__="10.3.0", ICudaEngine=type("ICudaEngine", (), {"num_io_tensors": 0}))
+    fake_trt = types.SimpleNamespace(
+        __version__="10.3.0", ICudaEngine=type("ICudaEngine", (), {"num_io_tensors": 0})
+    )
     monkeypatch.setitem(sys.modules, "tensorrt", fake_trt)
     with pytest.raises(ToolError, match="CUDA"):
         TensorRtRunner(_fake_engine(tmp_path)).activate()
@@ -621,9 +654,13 @@ def _cuda_device_count() -> int:
 
 def test_fingerprint_comparison(tmp_path):
     assert compare_fingerprints(FP, dict(FP)) == []
-    assert compare_fingerprints(FP, {**FP, "tensorrt_version": "10.3.0.30", "compute_capability": "sm_87"}) == []
+    assert (
+        compare_fingerprints(FP, {**FP, "tensorrt_version": "10.3.0.30", "compute_capability": "sm_87"}) == []
+    )
     assert compare_fingerprints({**FP, "compute_capability": [8, 7]}, FP) == []
-    problems = compare_fingerprints(FP, {"gpu_name": "NVIDIA A2", "compute_capability": "8.6", "tensorrt_version": "10.1"})
+    problems = compare_fingerprints(
+        FP, {"gpu_name": "NVIDIA A2", "compute_capability": "8.6", "tensorrt_version": "10.1"}
+    )
     assert len(problems) == 3 and "compute capability 8.7 (this device: 8.6)" in problems
     assert compare_fingerprints({"gpu_name": "Orin"}, FP) == [
         "the engine fingerprint has no compute_capability",

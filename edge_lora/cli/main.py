@@ -12,7 +12,9 @@ from edge_lora import __version__
 from edge_lora.cli.errors import EdgeLoraGroup
 
 
-@click.group(cls=EdgeLoraGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.group(
+    cls=EdgeLoraGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110}
+)
 @click.version_option(__version__, prog_name="edge-lora")
 def main() -> None:
     """Fine-tune YOLO with LoRA, merge exactly, export per target, and verify it on the device."""

@@ -25,7 +25,9 @@ def _parse_set(values: tuple[str, ...]) -> dict[str, Any]:
     for item in values:
         key, sep, raw = item.partition("=")
         if not sep or not key:
-            raise InputError(f"--set {item!r}: expected KEY=VALUE (an Ultralytics train argument, e.g. mosaic=0.5)")
+            raise InputError(
+                f"--set {item!r}: expected KEY=VALUE (an Ultralytics train argument, e.g. mosaic=0.5)"
+            )
         extra[key.strip()] = yaml.safe_load(raw)
     return extra
 
@@ -46,18 +48,35 @@ def demo_data(out: Path, n_train: int, n_val: int, imgsz: int, seed: int, overwr
 
 
 @click.command("train")
-@click.option("--base", required=True, type=click.Path(path_type=Path), help="Base checkpoint (.pt), or a model YAML with --full.")
+@click.option(
+    "--base",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Base checkpoint (.pt), or a model YAML with --full.",
+)
 @click.option("--data", required=True, type=click.Path(path_type=Path), help="Data YAML of the product line.")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output adapter directory (model directory with --full).")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Output adapter directory (model directory with --full).",
+)
 @click.option("--rank", type=int, default=8, show_default=True, help="LoRA rank r.")
-@click.option("--alpha", type=float, default=16.0, show_default=True, help="LoRA alpha (update scaled by alpha/r).")
+@click.option(
+    "--alpha", type=float, default=16.0, show_default=True, help="LoRA alpha (update scaled by alpha/r)."
+)
 @click.option("--dropout", type=float, default=0.0, show_default=True, help="Dropout on the LoRA branch.")
 @click.option(
-    "--targets", default="backbone,neck", show_default=True,
+    "--targets",
+    default="backbone,neck",
+    show_default=True,
     help="Comma list: backbone, neck, head, all, a layer index, or a regex over module names.",
 )
 @click.option(
-    "--head", type=click.Choice(["auto", "frozen", "train"]), default="auto", show_default=True,
+    "--head",
+    type=click.Choice(["auto", "frozen", "train"]),
+    default="auto",
+    show_default=True,
     help="auto: frozen if the classes match the base, else rebuild the class branch and train it densely.",
 )
 @click.option("--full", is_flag=True, help="Train every weight instead (plain Ultralytics fine-tuning).")
@@ -69,24 +88,64 @@ def demo_data(out: Path, n_train: int, n_val: int, imgsz: int, seed: int, overwr
 @click.option("--workers", type=int, default=2, show_default=True, help="Dataloader workers.")
 @click.option("--device", default="cpu", show_default=True, help="Torch device: cpu, 0, 0,1 ...")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--patience", type=int, default=100, show_default=True, help="Early-stopping patience (epochs).")
+@click.option(
+    "--patience", type=int, default=100, show_default=True, help="Early-stopping patience (epochs)."
+)
 @click.option("--plots", is_flag=True, help="Let Ultralytics write training plots.")
-@click.option("--set", "set_args", multiple=True, metavar="KEY=VALUE", help="Any other Ultralytics train argument.")
+@click.option(
+    "--set", "set_args", multiple=True, metavar="KEY=VALUE", help="Any other Ultralytics train argument."
+)
 @options.overwrite
 @options.json_out
-def train_cmd(base: Path, data: Path, out: Path, rank: int, alpha: float, dropout: float, targets: str, head: str,
-              full: bool, epochs: int, imgsz: int, batch: int, lr: float | None, optimizer: str, workers: int,
-              device: str, seed: int, patience: int, plots: bool, set_args: tuple[str, ...], overwrite: bool,
-              json_path: Path | None) -> None:
+def train_cmd(
+    base: Path,
+    data: Path,
+    out: Path,
+    rank: int,
+    alpha: float,
+    dropout: float,
+    targets: str,
+    head: str,
+    full: bool,
+    epochs: int,
+    imgsz: int,
+    batch: int,
+    lr: float | None,
+    optimizer: str,
+    workers: int,
+    device: str,
+    seed: int,
+    patience: int,
+    plots: bool,
+    set_args: tuple[str, ...],
+    overwrite: bool,
+    json_path: Path | None,
+) -> None:
     """Fine-tune a YOLO detector with LoRA adapters (frozen base) and write an adapter package."""
     from edge_lora.train.api import train
     from edge_lora.train.config import LoraSettings, TrainOptions
 
-    settings = LoraSettings(rank=rank, alpha=alpha, dropout=dropout, targets=tuple(targets.split(",")), head=head)  # type: ignore[arg-type]
+    settings = LoraSettings(
+        rank=rank, alpha=alpha, dropout=dropout, targets=tuple(targets.split(",")), head=head
+    )  # type: ignore[arg-type]
     opts = TrainOptions(
-        base=base, data=data, out=out, lora=settings, full=full, epochs=epochs, imgsz=imgsz, batch=batch, lr=lr,
-        optimizer=optimizer, workers=workers, device=device, seed=seed, patience=patience, plots=plots,
-        overwrite=overwrite, extra=_parse_set(set_args),
+        base=base,
+        data=data,
+        out=out,
+        lora=settings,
+        full=full,
+        epochs=epochs,
+        imgsz=imgsz,
+        batch=batch,
+        lr=lr,
+        optimizer=optimizer,
+        workers=workers,
+        device=device,
+        seed=seed,
+        patience=patience,
+        plots=plots,
+        overwrite=overwrite,
+        extra=_parse_set(set_args),
     )
     if not full:
         console.print(f"LoRA r={rank} alpha={alpha:g} targets={targets} head={head}")
@@ -99,28 +158,71 @@ def train_cmd(base: Path, data: Path, out: Path, rank: int, alpha: float, dropou
         console.print(f"not adapted: {len(result.excluded)} layers (see edge_lora.json 'excluded')")
     metrics = " ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())
     what = "model" if full else "adapter"
-    console.print(f"{what}: {result.out} ({human_bytes(result.artifact_bytes)}) in {result.seconds:.0f}s; val {metrics}")
+    console.print(
+        f"{what}: {result.out} ({human_bytes(result.artifact_bytes)}) in {result.seconds:.0f}s; val {metrics}"
+    )
     _write_json(json_path, result.to_dict())
 
 
 @click.command("merge")
-@click.option("--base", required=True, type=click.Path(path_type=Path), help="The base checkpoint the adapter was trained on.")
-@click.option("--adapter", required=True, type=click.Path(path_type=Path), help="Adapter directory from 'edge-lora train'.")
-@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Merged checkpoint (.pt).")
-@click.option("--data", type=click.Path(path_type=Path), help="Data YAML whose val images prove parity (default: the adapter's).")
+@click.option(
+    "--base",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="The base checkpoint the adapter was trained on.",
+)
+@click.option(
+    "--adapter",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Adapter directory from 'edge-lora train'.",
+)
+@click.option(
+    "--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Merged checkpoint (.pt)."
+)
+@click.option(
+    "--data",
+    type=click.Path(path_type=Path),
+    help="Data YAML whose val images prove parity (default: the adapter's).",
+)
 @click.option("--images", type=click.Path(path_type=Path), help="Or a folder of images for the parity check.")
-@click.option("--num-images", type=int, default=8, show_default=True, help="Images used for the parity check.")
-@click.option("--tolerance", type=float, default=1e-4, show_default=True, help="Max relative difference (FP32).")
-@click.option("--force", is_flag=True, help="Merge even if the adapter was trained on another base (says so).")
+@click.option(
+    "--num-images", type=int, default=8, show_default=True, help="Images used for the parity check."
+)
+@click.option(
+    "--tolerance", type=float, default=1e-4, show_default=True, help="Max relative difference (FP32)."
+)
+@click.option(
+    "--force", is_flag=True, help="Merge even if the adapter was trained on another base (says so)."
+)
 @options.overwrite
 @options.json_out
-def merge_cmd(base: Path, adapter: Path, out: Path, data: Path | None, images: Path | None, num_images: int,
-              tolerance: float, force: bool, overwrite: bool, json_path: Path | None) -> None:
+def merge_cmd(
+    base: Path,
+    adapter: Path,
+    out: Path,
+    data: Path | None,
+    images: Path | None,
+    num_images: int,
+    tolerance: float,
+    force: bool,
+    overwrite: bool,
+    json_path: Path | None,
+) -> None:
     """Fold the adapter into the base weights, prove parity, write a standard Ultralytics checkpoint."""
     from edge_lora.merge import merge
 
-    report = merge(base, adapter, out, data=data, images=images, num_images=num_images, tolerance=tolerance,
-                   force=force, overwrite=overwrite)
+    report = merge(
+        base,
+        adapter,
+        out,
+        data=data,
+        images=images,
+        num_images=num_images,
+        tolerance=tolerance,
+        force=force,
+        overwrite=overwrite,
+    )
     for w in report.warnings:
         console.print(f"[yellow]warning[/yellow] {w}")
     p = report.parity

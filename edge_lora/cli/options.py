@@ -8,7 +8,10 @@ import click
 
 overwrite = click.option("--overwrite", is_flag=True, help="Replace the output if it exists.")
 json_out = click.option(
-    "--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Also write the result as JSON here."
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the result as JSON here.",
 )
 data = click.option(
     "--data", type=click.Path(dir_okay=False, path_type=Path), help="Ultralytics data YAML (train/val/names)."

@@ -139,6 +139,8 @@ def _as_bgr(img: np.ndarray, index: int) -> np.ndarray:
     if not isinstance(img, np.ndarray) or img.dtype != np.uint8:
         kind = img.dtype if isinstance(img, np.ndarray) else type(img).__name__
         raise InputError(f"image {index}: expected a uint8 numpy array (as cv2.imread gives), got {kind}")
+    if img.size == 0:
+        raise InputError(f"image {index} is empty (shape {img.shape})")
     if img.ndim == 2 or (img.ndim == 3 and img.shape[2] == 1):
         return cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
     if img.ndim == 3 and img.shape[2] == 4:
@@ -153,7 +155,6 @@ def preprocess(
     imgsz: int | Sequence[int],
     *,
     fp16: bool = False,
-    stride: int = 32,
 ) -> tuple[np.ndarray, list[LetterboxInfo]]:
     """Letterbox BGR images into one NCHW RGB batch scaled to [0, 1].
 
@@ -161,7 +162,6 @@ def preprocess(
         images_bgr: uint8 images as ``cv2.imread`` gives them (gray and BGRA are converted to BGR first).
         imgsz: model input size, int or (height, width); use the export's ``metadata["imgsz"]``.
         fp16: return float16 (for FP16-input engines) instead of float32.
-        stride: model stride (only matters for ``auto`` letterboxing, which a fixed-size export never uses).
 
     Returns:
         ``(batch, infos)``: a C-contiguous ``(N, 3, H, W)`` array and one :class:`LetterboxInfo` per image.
@@ -173,7 +173,7 @@ def preprocess(
     infos: list[LetterboxInfo] = []
     for i, img in enumerate(images_bgr):
         img = _as_bgr(img, i)
-        hwc[i], ratio, pad = letterbox(img, (h, w), stride=stride)
+        hwc[i], ratio, pad = letterbox(img, (h, w))
         infos.append(LetterboxInfo((int(img.shape[0]), int(img.shape[1])), (h, w), ratio, pad))
     chw_rgb = hwc.transpose(0, 3, 1, 2)[:, ::-1]  # a view: BHWC->BCHW, then BGR->RGB
     batch = np.empty((len(images_bgr), 3, h, w), dtype=np.float32)

@@ -60,7 +60,9 @@ def read_engine_header(path: str | Path) -> tuple[int, dict[str, Any]]:
         size = f.seek(0, 2)
         f.seek(0)
         n = int.from_bytes(f.read(4), byteorder="little")
-        if 0 < n <= size - 4:  # a length that overruns the file is engine bytes, not a header
+        # A length that overruns the file, or bytes that do not open a JSON object, are engine bytes.
+        if 0 < n <= size - 4 and f.read(1) == b"{":
+            f.seek(4)
             with contextlib.suppress(ValueError, UnicodeDecodeError):
                 meta = json.loads(f.read(n).decode("utf-8"))
                 if isinstance(meta, dict):
@@ -362,7 +364,7 @@ class TensorRtRunner(Runner):
 
     def activate_impl(self) -> None:
         trt = self._trt = _import_tensorrt()
-        if not hasattr(trt.ICudaEngine, "num_io_tensors"):
+        if not hasattr(trt.ICudaEngine, "num_io_tensors"):  # name-based I/O: TensorRT 8.5+, the API of 10
             raise ToolError(f"TensorRT {trt.__version__} is too old: the runner needs TensorRT >= 10")
         cuda = self._cuda = _open_cuda(self.device)
         if self.check_fingerprint:
@@ -439,7 +441,10 @@ class TensorRtRunner(Runner):
             self._context = None  # the context goes before the memory it points at and before the engine
             for kind, handle in reversed(self._allocs):
                 with contextlib.suppress(Exception):
-                    cuda.free(handle) if kind == "dev" else cuda.host_free(handle)
+                    if kind == "dev":
+                        cuda.free(handle)
+                    else:
+                        cuda.host_free(handle)
             if self._stream is not None:
                 with contextlib.suppress(Exception):
                     cuda.stream_destroy(self._stream)

@@ -1,12 +1,12 @@
 """The adapter package: a directory of safetensors + JSON, no pickle.
 
-    adapter_config.json        PEFT LoraConfig (exact target module names)
-    adapter_model.safetensors  LoRA A/B matrices, PEFT key names (as ``get_peft_model_state_dict`` gives them
-                               for a model with injected adapters; ``set_peft_model_state_dict`` loads them)
-    head.safetensors           densely trained head tensors, when the head was trained (optional)
-    edge_lora.json             provenance: base sha256 + structural fingerprint, classes, imgsz, LoRA settings,
-                               excluded layers and why, trained modules, data hash, metrics, versions, and the
-                               sha256 of every file above (a tampered tensor file is refused on load)
+adapter_config.json        PEFT LoraConfig (exact target module names)
+adapter_model.safetensors  LoRA A/B matrices, PEFT key names (as ``get_peft_model_state_dict`` gives them
+                           for a model with injected adapters; ``set_peft_model_state_dict`` loads them)
+head.safetensors           densely trained head tensors, when the head was trained (optional)
+edge_lora.json             provenance: base sha256 + structural fingerprint, classes, imgsz, LoRA settings,
+                           excluded layers and why, trained modules, data hash, metrics, versions, and the
+                           sha256 of every file above (a tampered tensor file is refused on load)
 """
 
 from __future__ import annotations
@@ -47,7 +47,9 @@ class AdapterPackage:
         return {int(k): v for k, v in self.meta["names"].items()}
 
 
-def write_adapter(out_dir: str | Path, model: nn.Module, dense_prefixes: list[str], meta: dict[str, Any]) -> Path:
+def write_adapter(
+    out_dir: str | Path, model: nn.Module, dense_prefixes: list[str], meta: dict[str, Any]
+) -> Path:
     """Write the adapter of ``model`` (with injected LoRA layers) into ``out_dir`` (created if needed).
 
     ``meta`` is completed with file hashes and written last, so a package with a valid ``edge_lora.json``
@@ -59,7 +61,12 @@ def write_adapter(out_dir: str | Path, model: nn.Module, dense_prefixes: list[st
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     config = model.peft_config[ADAPTER_NAME]
-    lora = {k: v.detach().float().contiguous().clone() for k, v in get_peft_model_state_dict(model, adapter_name=ADAPTER_NAME, save_embedding_layers=False).items()}
+    lora = {
+        k: v.detach().float().contiguous().clone()
+        for k, v in get_peft_model_state_dict(
+            model, adapter_name=ADAPTER_NAME, save_embedding_layers=False
+        ).items()
+    }
     save_file(lora, str(out / WEIGHTS_FILE), metadata={"format": "pt"})
     files = [WEIGHTS_FILE, CONFIG_FILE]
     dense = {k: v.float() for k, v in dense_state(model, dense_prefixes).items()}
@@ -68,7 +75,9 @@ def write_adapter(out_dir: str | Path, model: nn.Module, dense_prefixes: list[st
         files.append(HEAD_FILE)
     elif (out / HEAD_FILE).exists():
         (out / HEAD_FILE).unlink()
-    atomic_write_text(out / CONFIG_FILE, json.dumps(config.to_dict(), indent=2, sort_keys=True, default=_jsonable) + "\n")
+    atomic_write_text(
+        out / CONFIG_FILE, json.dumps(config.to_dict(), indent=2, sort_keys=True, default=_jsonable) + "\n"
+    )
     full_meta = {
         **meta,
         "schema_version": SCHEMA_VERSION,
@@ -100,7 +109,9 @@ def read_adapter(path: str | Path) -> AdapterPackage:
         raise AdapterError(f"adapter {root} not found (expected a directory written by 'edge-lora train')")
     meta_path = root / META_FILE
     if not meta_path.is_file():
-        raise AdapterError(f"adapter {root}: {META_FILE} is missing; this is not an edge-lora adapter package")
+        raise AdapterError(
+            f"adapter {root}: {META_FILE} is missing; this is not an edge-lora adapter package"
+        )
     try:
         meta = json.loads(meta_path.read_text())
     except json.JSONDecodeError as e:
@@ -112,7 +123,9 @@ def read_adapter(path: str | Path) -> AdapterPackage:
         if not f.is_file():
             raise AdapterError(f"adapter {root}: {name} is missing; re-copy the whole adapter directory")
         if sha256_file(f) != digest:
-            raise AdapterError(f"{f}: sha256 differs from the one recorded in {META_FILE}; the file was modified")
+            raise AdapterError(
+                f"{f}: sha256 differs from the one recorded in {META_FILE}; the file was modified"
+            )
     for required in (CONFIG_FILE, WEIGHTS_FILE):
         if required not in meta.get("files", {}):
             raise AdapterError(f"{meta_path}: does not list {required}")
@@ -149,14 +162,18 @@ def build_adapted_model(base: nn.Module, package: AdapterPackage) -> tuple[nn.Mo
         current = model.state_dict()
         bad = [k for k, v in package.dense_state.items() if k not in current or current[k].shape != v.shape]
         if bad:
-            raise AdapterError(f"{package.path / HEAD_FILE}: tensors do not fit the base model (e.g. {bad[0]})")
+            raise AdapterError(
+                f"{package.path / HEAD_FILE}: tensors do not fit the base model (e.g. {bad[0]})"
+            )
         model.load_state_dict(package.dense_state, strict=False)
     tuner = inject_lora(model, package.config)
     result = set_peft_model_state_dict(model, package.lora_state, adapter_name=ADAPTER_NAME)
     missing = [k for k in result.missing_keys if "lora_" in k]
     if missing or result.unexpected_keys:
         what = missing[0] if missing else result.unexpected_keys[0]
-        raise AdapterError(f"{package.path / WEIGHTS_FILE}: LoRA tensors do not match the target layers (e.g. {what})")
+        raise AdapterError(
+            f"{package.path / WEIGHTS_FILE}: LoRA tensors do not match the target layers (e.g. {what})"
+        )
     model.names = package.names
     model.eval()
     for p in model.parameters():

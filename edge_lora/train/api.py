@@ -13,7 +13,13 @@ from torch import nn
 
 from edge_lora.errors import InputError, ToolError
 from edge_lora.fileio import atomic_output_dir, atomic_write_json, check_output, sha256_file
-from edge_lora.models import LoadedModel, load_detection_model, model_yaml_name, structural_fingerprint, versions
+from edge_lora.models import (
+    LoadedModel,
+    load_detection_model,
+    model_yaml_name,
+    structural_fingerprint,
+    versions,
+)
 from edge_lora.train.adapter_io import build_adapted_model, read_adapter, write_adapter
 from edge_lora.train.config import TrainOptions
 from edge_lora.train.inject import (
@@ -117,12 +123,16 @@ def train(options: TrainOptions) -> TrainResult:
     settings = options.lora
     head_mode = resolve_head_mode(settings.head, base.names, data.names)
     rebuilt = base.names != data.names
-    model = rebuild_for_classes(base.model, data.names, seed=HEAD_INIT_SEED) if rebuilt else deepcopy(base.model)
+    model = (
+        rebuild_for_classes(base.model, data.names, seed=HEAD_INIT_SEED) if rebuilt else deepcopy(base.model)
+    )
     plan = plan_targets(model, settings, head_mode)
     inject_lora(model, lora_config(settings, plan.targets, base.source))
     trainable = set_trainable(model, plan.dense_prefixes)
     # Dense head tensors are trained on purpose; everything else (base weights, every BN buffer) must stay.
-    snapshot = frozen_snapshot(model, [k for k in model.state_dict() if any(k.startswith(p + ".") for p in plan.dense_prefixes)])
+    snapshot = frozen_snapshot(
+        model, [k for k in model.state_dict() if any(k.startswith(p + ".") for p in plan.dense_prefixes)]
+    )
     n_trainable = sum(p.numel() for n, p in model.named_parameters() if n in set(trainable))
     n_total = sum(p.numel() for n, p in base.model.named_parameters())
 
@@ -133,8 +143,15 @@ def train(options: TrainOptions) -> TrainResult:
         "imgsz": options.imgsz,
         "lora": {**settings.to_dict(), "target_modules": plan.targets, "scale": settings.scale},
         "excluded": plan.excluded,
-        "head": {"requested": settings.head, "mode": head_mode, "rebuilt": rebuilt, "init_seed": HEAD_INIT_SEED},
-        "trainable_modules": sorted({n.rsplit(".", 2)[0] if "lora_" in n else n.rsplit(".", 1)[0] for n in trainable}),
+        "head": {
+            "requested": settings.head,
+            "mode": head_mode,
+            "rebuilt": rebuilt,
+            "init_seed": HEAD_INIT_SEED,
+        },
+        "trainable_modules": sorted(
+            {n.rsplit(".", 2)[0] if "lora_" in n else n.rsplit(".", 1)[0] for n in trainable}
+        ),
         "trainable_params": n_trainable,
         "total_params": n_total,
         "data": _data_record(data),
@@ -153,26 +170,52 @@ def train(options: TrainOptions) -> TrainResult:
 
     start = time.perf_counter()
     with atomic_output_dir(options.out, options.overwrite) as tmp:
-        overrides = {**options.ultralytics_overrides(), "model": str(base.source), "project": str(tmp), "name": "training"}
+        overrides = {
+            **options.ultralytics_overrides(),
+            "model": str(base.source),
+            "project": str(tmp),
+            "name": "training",
+        }
         trainer = LoraDetectionTrainer(model, trainable, write, evaluate, overrides)
         trainer.train()
         seconds = time.perf_counter() - start
         for label, trained in (("model", trainer.model), ("EMA model", trainer.ema.ema)):
             changed = frozen_changes(trained, snapshot)
             if changed:
-                raise ToolError(f"the frozen base changed during training ({label}: {changed[0]} and {len(changed) - 1} more)")
+                raise ToolError(
+                    f"the frozen base changed during training ({label}: {changed[0]} and {len(changed) - 1} more)"
+                )
         final = getattr(trainer, "final_adapter", None)
         if final is None:
             raise InputError(f"training on {options.data} produced no adapter (every epoch had NaN weights?)")
         metrics = _metrics(trainer.metrics)
-        final_meta = {**meta, "frozen_tensors_verified": len(snapshot), "metrics": metrics, "epochs_run": trainer.epoch + 1, "train_seconds": round(seconds, 2)}
+        final_meta = {
+            **meta,
+            "frozen_tensors_verified": len(snapshot),
+            "metrics": metrics,
+            "epochs_run": trainer.epoch + 1,
+            "train_seconds": round(seconds, 2),
+        }
         write_adapter(tmp, _load_into(model, final), plan.dense_prefixes, final_meta)
-        shutil.rmtree(tmp / "training" / "weights", ignore_errors=True)  # the chosen adapter is at the top level
-        size = sum(f.stat().st_size for f in tmp.iterdir() if f.is_file() and f.suffix in (".safetensors", ".json"))
+        shutil.rmtree(
+            tmp / "training" / "weights", ignore_errors=True
+        )  # the chosen adapter is at the top level
+        size = sum(
+            f.stat().st_size for f in tmp.iterdir() if f.is_file() and f.suffix in (".safetensors", ".json")
+        )
     return TrainResult(
-        out=options.out, mode="lora", trainable_params=n_trainable, total_params=n_total, artifact_bytes=size,
-        metrics=metrics, seconds=seconds, epochs=trainer.epoch + 1, peak_rss_mb=_peak_rss_mb(),
-        excluded=plan.excluded, head_mode=head_mode, frozen_tensors_verified=len(snapshot),
+        out=options.out,
+        mode="lora",
+        trainable_params=n_trainable,
+        total_params=n_total,
+        artifact_bytes=size,
+        metrics=metrics,
+        seconds=seconds,
+        epochs=trainer.epoch + 1,
+        peak_rss_mb=_peak_rss_mb(),
+        excluded=plan.excluded,
+        head_mode=head_mode,
+        frozen_tensors_verified=len(snapshot),
     )
 
 
@@ -230,6 +273,14 @@ def _train_full(options: TrainOptions, data: Any) -> TrainResult:
         )
         size = (tmp / "model.pt").stat().st_size
     return TrainResult(
-        out=options.out, mode="full", trainable_params=n_total, total_params=n_total, artifact_bytes=size,
-        metrics=metrics, seconds=seconds, epochs=trainer.epoch + 1, peak_rss_mb=_peak_rss_mb(), head_mode="train",
+        out=options.out,
+        mode="full",
+        trainable_params=n_total,
+        total_params=n_total,
+        artifact_bytes=size,
+        metrics=metrics,
+        seconds=seconds,
+        epochs=trainer.epoch + 1,
+        peak_rss_mb=_peak_rss_mb(),
+        head_mode="train",
     )

@@ -67,11 +67,15 @@ class TrainOptions:
     data: Path = field(metadata={"help": "Ultralytics data YAML of the new product line."})
     out: Path = field(metadata={"help": "Output adapter directory (or model directory with --full)."})
     lora: LoraSettings = field(default_factory=LoraSettings)
-    full: bool = field(default=False, metadata={"help": "Train every weight (plain Ultralytics fine-tuning)."})
+    full: bool = field(
+        default=False, metadata={"help": "Train every weight (plain Ultralytics fine-tuning)."}
+    )
     epochs: int = field(default=10, metadata={"help": "Training epochs."})
     imgsz: int = field(default=640, metadata={"help": "Training and validation image size."})
     batch: int = field(default=16, metadata={"help": "Batch size."})
-    lr: float | None = field(default=None, metadata={"help": "Initial learning rate (None: Ultralytics' auto)."})
+    lr: float | None = field(
+        default=None, metadata={"help": "Initial learning rate (None: Ultralytics' auto)."}
+    )
     optimizer: str = field(default="auto", metadata={"help": "Ultralytics optimizer name, or 'auto'."})
     workers: int = field(default=2, metadata={"help": "Dataloader workers."})
     device: str = field(default="cpu", metadata={"help": "Torch device, e.g. 'cpu' or '0'."})
@@ -79,15 +83,23 @@ class TrainOptions:
     patience: int = field(default=100, metadata={"help": "Early-stopping patience in epochs."})
     plots: bool = field(default=False, metadata={"help": "Let Ultralytics write training plots."})
     overwrite: bool = field(default=False, metadata={"help": "Replace an existing --out."})
-    extra: dict[str, Any] = field(default_factory=dict, metadata={"help": "Other Ultralytics train arguments."})
+    extra: dict[str, Any] = field(
+        default_factory=dict, metadata={"help": "Other Ultralytics train arguments."}
+    )
 
     def __post_init__(self) -> None:
         self.base, self.data, self.out = Path(self.base), Path(self.data), Path(self.out)
-        for name, value, low in (("--epochs", self.epochs, 1), ("--imgsz", self.imgsz, 32), ("--batch", self.batch, 1)):
+        for name, value, low in (
+            ("--epochs", self.epochs, 1),
+            ("--imgsz", self.imgsz, 32),
+            ("--batch", self.batch, 1),
+        ):
             if value < low:
                 raise InputError(f"{name} must be >= {low}, got {value}")
         if self.imgsz % 32:
-            raise InputError(f"--imgsz must be a multiple of 32 (the model's largest stride), got {self.imgsz}")
+            raise InputError(
+                f"--imgsz must be a multiple of 32 (the model's largest stride), got {self.imgsz}"
+            )
         if self.lr is not None and self.lr <= 0:
             raise InputError(f"--lr must be positive, got {self.lr}")
 
@@ -110,7 +122,9 @@ class TrainOptions:
         }
         if self.lr is not None:
             args["lr0"] = self.lr
-            if self.optimizer == "auto":  # 'auto' ignores lr0 in Ultralytics; pick its small-run choice explicitly
+            if (
+                self.optimizer == "auto"
+            ):  # 'auto' ignores lr0 in Ultralytics; pick its small-run choice explicitly
                 args["optimizer"] = "AdamW"
         args.update(self.extra)
         return args

@@ -26,7 +26,9 @@ class TargetPlan:
     targets: list[str]
     excluded: dict[str, str]  # module name -> why it was not adapted
     head_mode: str  # resolved head mode: frozen | train | rebuild
-    dense_prefixes: list[str] = field(default_factory=list)  # modules trained densely (saved in head.safetensors)
+    dense_prefixes: list[str] = field(
+        default_factory=list
+    )  # modules trained densely (saved in head.safetensors)
 
 
 def head_index(model: nn.Module) -> int:
@@ -197,7 +199,9 @@ def dense_state(model: nn.Module, dense_prefixes: list[str]) -> dict[str, torch.
 def frozen_snapshot(model: nn.Module, trainable: list[str]) -> dict[str, torch.Tensor]:
     """Copies of every tensor that must not change during training (frozen weights and all BN buffers)."""
     skip = set(trainable)
-    return {k: v.detach().clone() for k, v in model.state_dict().items() if k not in skip and "lora_" not in k}
+    return {
+        k: v.detach().clone() for k, v in model.state_dict().items() if k not in skip and "lora_" not in k
+    }
 
 
 def frozen_changes(model: nn.Module, snapshot: dict[str, torch.Tensor]) -> list[str]:

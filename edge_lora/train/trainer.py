@@ -95,7 +95,11 @@ class LoraDetectionTrainer(DetectionTrainer):
         if not all(torch.isfinite(p).all() for _, p in ema.named_parameters() if p.is_floating_point()):
             return False  # never write a NaN adapter; Ultralytics' NaN recovery redoes the epoch
         self._write_adapter(ema, self.last_adapter)
-        if self.best_fitness is not None and self.fitness is not None and math.isclose(self.best_fitness, self.fitness):
+        if (
+            self.best_fitness is not None
+            and self.fitness is not None
+            and math.isclose(self.best_fitness, self.fitness)
+        ):
             self._write_adapter(ema, self.best_adapter)
         return True
 
