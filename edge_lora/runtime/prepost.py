@@ -68,6 +68,11 @@ class Detections:
     def __len__(self) -> int:
         return int(self.scores.shape[0])
 
+    @property
+    def classes(self) -> np.ndarray:
+        """Alias of ``class_ids`` (the name the evaluator's ``DetectionsLike`` protocol reads)."""
+        return self.class_ids
+
     @classmethod
     def empty(cls) -> Detections:
         return cls(np.zeros((0, 4), np.float32), np.zeros((0,), np.float32), np.zeros((0,), np.int64))

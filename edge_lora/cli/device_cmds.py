@@ -1,0 +1,108 @@
+"""Device-side commands (torch-free unless a PyTorch reference is asked for): validate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from edge_lora.cli import options
+from edge_lora.cli.console import console
+from edge_lora.fileio import atomic_write_json, atomic_write_text
+
+
+def _gate_table(report) -> Table:
+    table = Table(title=f"gates: {report.target}", title_justify="left")
+    from edge_lora.validate.gates import TABLE_COLUMNS
+
+    for c in TABLE_COLUMNS:
+        table.add_column(c, overflow="fold")
+    status_at = TABLE_COLUMNS.index("Status")
+    for row in report.gates.table_rows():
+        style = {"PASS": "green", "FAIL": "red", "SKIP": "yellow"}.get(row[status_at], "")
+        table.add_row(*row, style=style)
+    return table
+
+
+def _summary_table(report) -> Table:
+    t = Table(title="candidate vs reference", title_justify="left")
+    for c in ("", "mAP50-95", "mAP50", "F1@deploy", "infer p50 ms", "e2e p50 ms", "e2e p99 ms", "load s"):
+        t.add_column(c, justify="right")
+    for label, side in (("reference", report.reference), ("candidate", report.candidate)):
+        a, lat = side.accuracy, side.latency
+        t.add_row(
+            f"{label} ({side.name})", f"{a.map50_95:.4f}", f"{a.map50:.4f}", f"{a.f1:.3f}",
+            f"{lat['infer'].p50_ms:.2f}", f"{lat['e2e'].p50_ms:.2f}", f"{lat['e2e'].p99_ms:.2f}",
+            f"{side.load_time_s or 0:.2f}",
+        )
+    return t
+
+
+def render_markdown(report) -> str:
+    """The validation report as Markdown (written next to the JSON)."""
+    lines = [
+        f"# Validation: {report.candidate.artifact} for `{report.target}`",
+        "",
+        f"Verdict: **{'PASS' if report.passed else 'FAIL'}** on {report.images} images"
+        + (f" ({len(report.skipped_images)} undecodable, skipped)" if report.skipped_images else ""),
+        "",
+        "| | mAP50-95 | mAP50 | P | R | F1 @deploy | infer p50 ms | e2e p50 ms | e2e p99 ms | load s | peak RSS MB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for label, side in (("reference", report.reference), ("candidate", report.candidate)):
+        a, lat = side.accuracy, side.latency
+        lines.append(
+            f"| {label} `{side.name}` | {a.map50_95:.4f} | {a.map50:.4f} | {a.precision:.3f} | {a.recall:.3f} | "
+            f"{a.f1:.3f} | {lat['infer'].p50_ms:.2f} | {lat['e2e'].p50_ms:.2f} | {lat['e2e'].p99_ms:.2f} | "
+            f"{side.load_time_s or 0:.2f} | {side.peak_rss_mb or 0:.0f} |"
+        )
+    lines += [
+        "",
+        f"mAP50-95 delta: {report.map_delta_points:+.3f} points; agreement F1 {report.agreement.f1:.4f}; "
+        f"end-to-end speedup {report.speedup:.2f}x" if report.speedup else "",
+        "",
+        "| gate | status | value | threshold |",
+        "|---|---|---:|---:|",
+    ]
+    for name, value, threshold, status, _detail in report.gates.table_rows():
+        lines.append(f"| {name} | {status} | {value} | {threshold} |")
+    if report.latency_is_proxy:
+        lines += ["", f"Latency is a host proxy ({report.proxy_reason}): confirm on the device."]
+    lines += ["", f"Device: {report.device.get('cpu')} ({report.device.get('cores')} cores, {report.device.get('arch')})."]
+    return "\n".join(lines) + "\n"
+
+
+@click.command("validate")
+@click.option("--candidate", required=True, type=click.Path(path_type=Path), help="Exported artifact (.onnx, OpenVINO dir/.xml, .engine).")
+@click.option("--reference", required=True, type=click.Path(path_type=Path), help="Base checkpoint (with --adapter) or an exported unmerged model.")
+@click.option("--adapter", type=click.Path(path_type=Path), help="Adapter directory: the reference is base + adapter, unmerged.")
+@click.option("--data", required=True, type=click.Path(path_type=Path), help="Data YAML; its val split is used.")
+@click.option("--target", required=True, help="Target profile name, family or YAML file (its gates apply).")
+@click.option("--max-images", type=int, help="Use only the first N val images.")
+@click.option("--warmup", type=int, help="Warm-up runs (default: the profile's).")
+@click.option("--runs", type=int, help="Timed runs (default: the profile's).")
+@click.option("--md", "md_path", type=click.Path(dir_okay=False, path_type=Path), help="Also write a Markdown report.")
+@options.json_out
+def validate_cmd(candidate: Path, reference: Path, adapter: Path | None, data: Path, target: str, max_images: int | None,
+                 warmup: int | None, runs: int | None, md_path: Path | None, json_path: Path | None) -> None:
+    """Validate an exported artifact against the unmerged model; exit 1 when a gate fails."""
+    from edge_lora.validate.compare import validate
+
+    ref_kwargs = {"reference_base": reference, "reference_adapter": adapter} if reference.suffix == ".pt" else {"reference_artifact": reference}
+    with console.status("validating (accuracy, agreement, latency)..."):
+        report = validate(candidate, data=data, target=target, max_images=max_images, warmup=warmup, runs=runs, **ref_kwargs)
+    console.print(_summary_table(report))
+    console.print(_gate_table(report))
+    if report.latency_is_proxy:
+        console.print(f"[yellow]latency is a host proxy[/yellow]: {report.proxy_reason}")
+    if json_path:
+        atomic_write_json(json_path, report.to_dict())
+    if md_path:
+        atomic_write_text(md_path, render_markdown(report))
+    verdict = "[green]PASS[/green]" if report.passed else "[red]FAIL[/red]"
+    console.print(f"verdict: {verdict}")
+    raise SystemExit(report.return_code)
+
+
+COMMANDS = [validate_cmd]
