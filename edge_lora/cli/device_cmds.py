@@ -32,8 +32,13 @@ def _summary_table(report) -> Table:
     for label, side in (("reference", report.reference), ("candidate", report.candidate)):
         a, lat = side.accuracy, side.latency
         t.add_row(
-            f"{label} ({side.name})", f"{a.map50_95:.4f}", f"{a.map50:.4f}", f"{a.f1:.3f}",
-            f"{lat['infer'].p50_ms:.2f}", f"{lat['e2e'].p50_ms:.2f}", f"{lat['e2e'].p99_ms:.2f}",
+            f"{label} ({side.name})",
+            f"{a.map50_95:.4f}",
+            f"{a.map50:.4f}",
+            f"{a.f1:.3f}",
+            f"{lat['infer'].p50_ms:.2f}",
+            f"{lat['e2e'].p50_ms:.2f}",
+            f"{lat['e2e'].p99_ms:.2f}",
             f"{side.load_time_s or 0:.2f}",
         )
     return t
@@ -60,7 +65,9 @@ def render_markdown(report) -> str:
     lines += [
         "",
         f"mAP50-95 delta: {report.map_delta_points:+.3f} points; agreement F1 {report.agreement.f1:.4f}; "
-        f"end-to-end speedup {report.speedup:.2f}x" if report.speedup else "",
+        f"end-to-end speedup {report.speedup:.2f}x"
+        if report.speedup
+        else "",
         "",
         "| gate | status | value | threshold |",
         "|---|---|---:|---:|",
@@ -69,29 +76,66 @@ def render_markdown(report) -> str:
         lines.append(f"| {name} | {status} | {value} | {threshold} |")
     if report.latency_is_proxy:
         lines += ["", f"Latency is a host proxy ({report.proxy_reason}): confirm on the device."]
-    lines += ["", f"Device: {report.device.get('cpu')} ({report.device.get('cores')} cores, {report.device.get('arch')})."]
+    lines += [
+        "",
+        f"Device: {report.device.get('cpu')} ({report.device.get('cores')} cores, {report.device.get('arch')}).",
+    ]
     return "\n".join(lines) + "\n"
 
 
 @click.command("validate")
-@click.option("--candidate", required=True, type=click.Path(path_type=Path), help="Exported artifact (.onnx, OpenVINO dir/.xml, .engine).")
-@click.option("--reference", required=True, type=click.Path(path_type=Path), help="Base checkpoint (with --adapter) or an exported unmerged model.")
-@click.option("--adapter", type=click.Path(path_type=Path), help="Adapter directory: the reference is base + adapter, unmerged.")
-@click.option("--data", required=True, type=click.Path(path_type=Path), help="Data YAML; its val split is used.")
+@click.option(
+    "--candidate",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Exported artifact (.onnx, OpenVINO dir/.xml, .engine).",
+)
+@click.option(
+    "--reference",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Base checkpoint (with --adapter) or an exported unmerged model.",
+)
+@click.option(
+    "--adapter",
+    type=click.Path(path_type=Path),
+    help="Adapter directory: the reference is base + adapter, unmerged.",
+)
+@click.option(
+    "--data", required=True, type=click.Path(path_type=Path), help="Data YAML; its val split is used."
+)
 @click.option("--target", required=True, help="Target profile name, family or YAML file (its gates apply).")
 @click.option("--max-images", type=int, help="Use only the first N val images.")
 @click.option("--warmup", type=int, help="Warm-up runs (default: the profile's).")
 @click.option("--runs", type=int, help="Timed runs (default: the profile's).")
-@click.option("--md", "md_path", type=click.Path(dir_okay=False, path_type=Path), help="Also write a Markdown report.")
+@click.option(
+    "--md", "md_path", type=click.Path(dir_okay=False, path_type=Path), help="Also write a Markdown report."
+)
 @options.json_out
-def validate_cmd(candidate: Path, reference: Path, adapter: Path | None, data: Path, target: str, max_images: int | None,
-                 warmup: int | None, runs: int | None, md_path: Path | None, json_path: Path | None) -> None:
+def validate_cmd(
+    candidate: Path,
+    reference: Path,
+    adapter: Path | None,
+    data: Path,
+    target: str,
+    max_images: int | None,
+    warmup: int | None,
+    runs: int | None,
+    md_path: Path | None,
+    json_path: Path | None,
+) -> None:
     """Validate an exported artifact against the unmerged model; exit 1 when a gate fails."""
     from edge_lora.validate.compare import validate
 
-    ref_kwargs = {"reference_base": reference, "reference_adapter": adapter} if reference.suffix == ".pt" else {"reference_artifact": reference}
+    ref_kwargs = (
+        {"reference_base": reference, "reference_adapter": adapter}
+        if reference.suffix == ".pt"
+        else {"reference_artifact": reference}
+    )
     with console.status("validating (accuracy, agreement, latency)..."):
-        report = validate(candidate, data=data, target=target, max_images=max_images, warmup=warmup, runs=runs, **ref_kwargs)
+        report = validate(
+            candidate, data=data, target=target, max_images=max_images, warmup=warmup, runs=runs, **ref_kwargs
+        )
     console.print(_summary_table(report))
     console.print(_gate_table(report))
     if report.latency_is_proxy:

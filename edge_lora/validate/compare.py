@@ -106,7 +106,10 @@ class ValidationReport:
             "passed": self.passed,
             "candidate": self.candidate.to_dict(),
             "reference": self.reference.to_dict(),
-            "deltas": {**self.candidate.accuracy.delta(self.reference.accuracy), "map50_95_points": self.map_delta_points},
+            "deltas": {
+                **self.candidate.accuracy.delta(self.reference.accuracy),
+                "map50_95_points": self.map_delta_points,
+            },
             "agreement": self.agreement.to_dict(),
             "parity": self.parity,
             "speedup_e2e_p50": self.speedup,
@@ -164,7 +167,9 @@ def _read_images(paths: list[Path], skipped: list[str]) -> Iterator[tuple[Path, 
         yield p, img
 
 
-def _detect(runner: Runner, images: list[np.ndarray], imgsz: int, conf: float, nc: int, max_det: int) -> tuple[list[Detections], np.ndarray]:
+def _detect(
+    runner: Runner, images: list[np.ndarray], imgsz: int, conf: float, nc: int, max_det: int
+) -> tuple[list[Detections], np.ndarray]:
     batch, infos = preprocess(images, imgsz)
     out = runner.infer(batch)
     raw = next(iter(out.values()))
@@ -176,13 +181,19 @@ def check_artifact_fits(runner: Runner, names: dict[int, str], imgsz: int, where
     """Class names and input size of the artifact must be those of the data and the profile."""
     meta_names = runner.metadata.get("names")
     if meta_names and dict(meta_names) != dict(names):
-        raise InputError(f"{where}: class names {list(meta_names.values())} differ from the data's {list(names.values())}")
+        raise InputError(
+            f"{where}: class names {list(meta_names.values())} differ from the data's {list(names.values())}"
+        )
     shape = next(iter(runner.input_metadata().values()))[1]
     if len(shape) == 4 and shape[2] not in (None, imgsz):
-        raise InputError(f"{where}: the artifact takes {shape[2]}x{shape[3]} input, the profile says imgsz {imgsz}; re-export for {imgsz}")
+        raise InputError(
+            f"{where}: the artifact takes {shape[2]}x{shape[3]} input, the profile says imgsz {imgsz}; re-export for {imgsz}"
+        )
 
 
-def measure_latency(runner: Runner, paths: list[Path], imgsz: int, *, warmup: int, runs: int, nc: int, conf: float) -> dict[str, LatencyStats]:
+def measure_latency(
+    runner: Runner, paths: list[Path], imgsz: int, *, warmup: int, runs: int, nc: int, conf: float
+) -> dict[str, LatencyStats]:
     """Warm up, then ``runs`` timed iterations cycling over the images.
 
     ``infer`` is the backend call; ``model`` adds the decode (tensor in, detections out: the p99 gate's
@@ -246,13 +257,19 @@ def validate(
 
     cand_runner = load_runner(candidate, **runner_settings(profile, candidate))
     if reference_artifact is not None:
-        ref_runner: Runner = load_runner(reference_artifact, **runner_settings(profile, Path(reference_artifact)))
+        ref_runner: Runner = load_runner(
+            reference_artifact, **runner_settings(profile, Path(reference_artifact))
+        )
     elif reference_base is not None:
         from edge_lora.validate.reference import TorchReferenceRunner
 
-        ref_runner = TorchReferenceRunner(reference_base, reference_adapter, imgsz=imgsz, max_det=profile.max_det, threads=threads)
+        ref_runner = TorchReferenceRunner(
+            reference_base, reference_adapter, imgsz=imgsz, max_det=profile.max_det, threads=threads
+        )
     else:
-        raise InputError("validate needs a reference: --reference BASE.pt [--adapter DIR] or --reference UNMERGED.onnx")
+        raise InputError(
+            "validate needs a reference: --reference BASE.pt [--adapter DIR] or --reference UNMERGED.onnx"
+        )
 
     skipped: list[str] = []
     gts, sizes, cand_dets, ref_dets = [], [], [], []
@@ -261,7 +278,9 @@ def validate(
         check_artifact_fits(cand_runner, names, imgsz, str(candidate))
         check_artifact_fits(ref_runner, names, imgsz, ref_runner.name)
         if bool(cand_runner.metadata.get("end2end")) != bool(ref_runner.metadata.get("end2end")):
-            raise InputError(f"{candidate}: output form differs from the reference (end-to-end vs raw); export both the same way")
+            raise InputError(
+                f"{candidate}: output form differs from the reference (end-to-end vs raw); export both the same way"
+            )
         for path, img in _read_images(paths, skipped):
             h, w = img.shape[:2]
             gts.append(read_yolo_labels(_label(path), w, h))
@@ -276,9 +295,19 @@ def validate(
                 progress()
         if not gts:
             raise DataError(f"{data}: no val image could be decoded ({len(skipped)} skipped)")
-        cand_lat = measure_latency(cand_runner, paths, imgsz, warmup=warmup, runs=runs, nc=nc, conf=deploy_conf)
+        cand_lat = measure_latency(
+            cand_runner, paths, imgsz, warmup=warmup, runs=runs, nc=nc, conf=deploy_conf
+        )
         cand_rss = peak_rss_mb()
-        ref_lat = measure_latency(ref_runner, paths, imgsz, warmup=min(warmup, 10), runs=max(min(runs, 50), 1), nc=nc, conf=deploy_conf)
+        ref_lat = measure_latency(
+            ref_runner,
+            paths,
+            imgsz,
+            warmup=min(warmup, 10),
+            runs=max(min(runs, 50), 1),
+            nc=nc,
+            conf=deploy_conf,
+        )
         ref_rss = peak_rss_mb()
 
     cand_acc = evaluate_detections(gts, cand_dets, names, deploy_conf=deploy_conf, image_sizes=sizes)
@@ -298,8 +327,17 @@ def validate(
     summary = parity.result() if len(parity) else None
     return ValidationReport(
         target=profile.name,
-        candidate=SideResult(cand_runner.name, str(candidate), cand_acc, cand_lat, cand_runner.load_time_s, cand_rss),
-        reference=SideResult(ref_runner.name, str(reference_artifact or reference_adapter or reference_base), ref_acc, ref_lat, ref_runner.load_time_s, ref_rss),
+        candidate=SideResult(
+            cand_runner.name, str(candidate), cand_acc, cand_lat, cand_runner.load_time_s, cand_rss
+        ),
+        reference=SideResult(
+            ref_runner.name,
+            str(reference_artifact or reference_adapter or reference_base),
+            ref_acc,
+            ref_lat,
+            ref_runner.load_time_s,
+            ref_rss,
+        ),
         agreement=agree,
         parity=summary.to_dict() if summary is not None and hasattr(summary, "to_dict") else {},
         gates=report,
@@ -308,7 +346,13 @@ def validate(
         latency_is_proxy=proxy,
         proxy_reason=why,
         device=describe_device(),
-        settings={"warmup": warmup, "runs": runs, "deploy_conf": deploy_conf, "eval_conf": EVAL_CONF, "imgsz": imgsz},
+        settings={
+            "warmup": warmup,
+            "runs": runs,
+            "deploy_conf": deploy_conf,
+            "eval_conf": EVAL_CONF,
+            "imgsz": imgsz,
+        },
     )
 
 

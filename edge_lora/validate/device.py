@@ -24,9 +24,15 @@ def describe_device() -> dict[str, Any]:
             cpu = line.split(":", 1)[1].strip()
         if line.startswith(("flags", "Features")) and not flags:
             flags = line
-    isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "asimd", "asimddp") if f" {f}" in flags]
+    isa = [
+        f
+        for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "asimd", "asimddp")
+        if f" {f}" in flags
+    ]
     mem = _read("/proc/meminfo") or ""
-    mem_gb = next((round(int(ln.split()[1]) / 1024**2, 1) for ln in mem.splitlines() if ln.startswith("MemTotal")), None)
+    mem_gb = next(
+        (round(int(ln.split()[1]) / 1024**2, 1) for ln in mem.splitlines() if ln.startswith("MemTotal")), None
+    )
     device: dict[str, Any] = {
         "cpu": cpu,
         "arch": platform.machine(),

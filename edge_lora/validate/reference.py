@@ -40,7 +40,9 @@ class TorchReferenceRunner(Runner):
         max_det: int = 300,
         threads: int | None = None,
     ) -> None:
-        super().__init__(adapter or base, name=f"torch:{Path(base).name}" + (f"+{Path(adapter).name}" if adapter else ""))
+        super().__init__(
+            adapter or base, name=f"torch:{Path(base).name}" + (f"+{Path(adapter).name}" if adapter else "")
+        )
         self.base, self.adapter = Path(base), Path(adapter) if adapter else None
         self.imgsz, self.end2end, self.max_det, self.threads = imgsz, end2end, max_det, threads
         self.model = None

@@ -1,0 +1,135 @@
+"""validate(): candidate vs unmerged reference, one evaluator, gates and exit codes (tiny model)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from conftest import IMGSZ
+
+from edge_lora.cli.main import main
+from edge_lora.errors import InputError
+from edge_lora.validate.compare import validate
+
+
+@pytest.fixture(scope="module")
+def merged_onnx(tmp_path_factory, trained_adapter, base_ckpt, demo_data) -> Path:
+    """The trained adapter merged and exported to ONNX (end-to-end YOLO26 head) by Ultralytics."""
+    from ultralytics import YOLO
+
+    from edge_lora.merge import merge
+
+    work = tmp_path_factory.mktemp("validate")
+    merge(base_ckpt, trained_adapter.out, work / "merged.pt", data=demo_data.line_b_yaml)
+    return Path(YOLO(str(work / "merged.pt")).export(format="onnx", imgsz=IMGSZ, nms=False, simplify=False))
+
+
+def _profile(tmp_path: Path, **gates) -> Path:
+    lines = [
+        "extends: cpu-onnxruntime",
+        "name: cpu-test",
+        f"imgsz: {IMGSZ}",
+        "bench:",
+        "  warmup_runs: 2",
+        "  timed_runs: 10",
+    ]
+    if gates:
+        lines.append("gates:")
+        lines += [f"  {k}: {v}" for k, v in gates.items()]
+    path = tmp_path / "profile.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_merged_fp32_agrees_with_unmerged_reference(
+    tmp_path, merged_onnx, base_ckpt, trained_adapter, demo_data
+):
+    report = validate(
+        merged_onnx,
+        data=demo_data.line_b_yaml,
+        target=_profile(tmp_path),
+        reference_base=base_ckpt,
+        reference_adapter=trained_adapter.out,
+        warmup=1,
+        runs=5,
+    )
+    assert report.images == 4 and not report.skipped_images
+    assert report.agreement.f1 == pytest.approx(1.0)
+    assert abs(report.map_delta_points) < 1e-6
+    assert report.passed and report.return_code == 0
+    lat = report.candidate.latency["e2e"]
+    assert lat.count == 5 and lat.p50_ms <= lat.p90_ms <= lat.p99_ms <= lat.max_ms
+    json.dumps(report.to_dict())  # serialisable
+
+
+def test_gate_failure_exits_1(tmp_path, merged_onnx, base_ckpt, trained_adapter, demo_data):
+    profile = _profile(tmp_path, min_speedup=1000.0)
+    result = CliRunner().invoke(
+        main,
+        [
+            "validate",
+            "--candidate",
+            str(merged_onnx),
+            "--reference",
+            str(base_ckpt),
+            "--adapter",
+            str(trained_adapter.out),
+            "--data",
+            str(demo_data.line_b_yaml),
+            "--target",
+            str(profile),
+            "--runs",
+            "3",
+            "--warmup",
+            "1",
+            "--json",
+            str(tmp_path / "v.json"),
+        ],
+    )
+    assert result.exit_code == 1, result.output
+    assert "FAIL" in result.output
+    assert json.loads((tmp_path / "v.json").read_text())["passed"] is False
+
+
+def test_undecodable_image_is_skipped_and_counted(
+    tmp_path, merged_onnx, base_ckpt, trained_adapter, demo_data
+):
+    import yaml
+
+    root = tmp_path / "data"
+    shutil.copytree(demo_data.root / "line_b", root)
+    broken = sorted((root / "images" / "val").glob("*.png"))[0]
+    broken.write_bytes(b"not an image")
+    cfg = yaml.safe_load(demo_data.line_b_yaml.read_text()) | {"path": str(root)}
+    (tmp_path / "d.yaml").write_text(yaml.safe_dump(cfg))
+    report = validate(
+        merged_onnx,
+        data=tmp_path / "d.yaml",
+        target=_profile(tmp_path),
+        reference_base=base_ckpt,
+        reference_adapter=trained_adapter.out,
+        warmup=1,
+        runs=3,
+    )
+    assert report.images == 3 and report.skipped_images == [str(broken)]
+
+
+def test_class_names_must_match_the_data(tmp_path, merged_onnx, base_ckpt, trained_adapter, demo_data):
+    import yaml
+
+    cfg = yaml.safe_load(demo_data.line_b_yaml.read_text())
+    cfg["names"] = {0: "scratch", 1: "hole", 2: "bridge"}
+    (tmp_path / "d.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(InputError, match="class names"):
+        validate(
+            merged_onnx,
+            data=tmp_path / "d.yaml",
+            target=_profile(tmp_path),
+            reference_base=base_ckpt,
+            reference_adapter=trained_adapter.out,
+            warmup=1,
+            runs=3,
+        )
