@@ -150,3 +150,103 @@ def validate_cmd(
 
 
 COMMANDS = [validate_cmd]
+
+
+@click.command("bench")
+@click.argument("artifact", required=False, type=click.Path(path_type=Path))
+@click.option("--runs", type=int, default=500, show_default=True, help="Timed runs per batch size.")
+@click.option("--warmup", type=int, default=50, show_default=True, help="Untimed warm-up runs.")
+@click.option("--batch", "batch_list", default="1", show_default=True, help="Comma list of batch sizes.")
+@click.option("--threads", type=int, help="ONNX Runtime intra-op threads (0: all cores).")
+@click.option("--device", "ov_device", help="OpenVINO device (CPU, GPU, AUTO).")
+@click.option(
+    "--compare",
+    "compare_files",
+    nargs=2,
+    type=click.Path(path_type=Path),
+    help="Compare two bench JSON files instead.",
+)
+@options.json_out
+def bench_cmd(
+    artifact: Path | None,
+    runs: int,
+    warmup: int,
+    batch_list: str,
+    threads: int | None,
+    ov_device: str | None,
+    compare_files: tuple[Path, Path] | None,
+    json_path: Path | None,
+) -> None:
+    """Latency percentiles, throughput, cold start and memory of an artifact (inference only)."""
+    from rich.progress import Progress
+
+    from edge_lora.errors import InputError
+    from edge_lora.validate.bench import bench, compare_bench
+
+    if compare_files:
+        table = Table(title=f"{compare_files[0]} (a) vs {compare_files[1]} (b)", title_justify="left")
+        rows = compare_bench(*compare_files)
+        for c in ("batch", "a p50 ms", "b p50 ms", "a p99 ms", "b p99 ms", "b speedup"):
+            table.add_column(c, justify="right")
+        for r in rows:
+            table.add_row(
+                str(r["batch"]),
+                f"{r['a_p50_ms']:.2f}",
+                f"{r['b_p50_ms']:.2f}",
+                f"{r['a_p99_ms']:.2f}",
+                f"{r['b_p99_ms']:.2f}",
+                f"{r['speedup_b_over_a']:.2f}x",
+            )
+        console.print(table)
+        return
+    if artifact is None:
+        raise InputError("bench needs an ARTIFACT (or --compare A.json B.json)")
+    try:
+        batches = [int(b) for b in batch_list.split(",") if b.strip()]
+    except ValueError:
+        raise InputError(f"--batch {batch_list!r}: expected a comma list of integers, e.g. 1,4") from None
+    settings: dict = {}
+    if threads is not None:
+        settings["intra_op_threads"] = threads
+    if ov_device:
+        settings["device"] = ov_device
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task(f"bench {artifact.name}", total=len(batches) * (runs + warmup))
+        report = bench(
+            artifact,
+            runs=runs,
+            warmup=warmup,
+            batches=batches,
+            settings=settings,
+            progress=lambda n: progress.advance(task, n),
+        )
+    table = Table(
+        title=f"{report.runner} (load {report.load_time_s or 0:.2f}s, peak RSS {report.peak_rss_mb or 0:.0f} MB)",
+        title_justify="left",
+    )
+    for c in ("batch", "p50 ms", "p90 ms", "p99 ms", "mean ms", "max ms", "images/s"):
+        table.add_column(c, justify="right")
+    for b, s in report.per_batch.items():
+        table.add_row(
+            str(b),
+            f"{s.p50_ms:.2f}",
+            f"{s.p90_ms:.2f}",
+            f"{s.p99_ms:.2f}",
+            f"{s.mean_ms:.2f}",
+            f"{s.max_ms:.2f}",
+            f"{s.throughput:.1f}",
+        )
+    console.print(table)
+    for b, why in report.skipped_batches.items():
+        console.print(f"[yellow]batch {b} skipped[/yellow]: {why}")
+    d = report.device
+    console.print(
+        f"device: {d.get('cpu')} ({d.get('cores')} cores, {d.get('arch')})"
+        + (f", {d['board']}" if "board" in d else "")
+    )
+    if json_path:
+        atomic_write_json(json_path, report.to_dict())
+        console.print(f"wrote {json_path}")
+
+
+COMMANDS.append(bench_cmd)
