@@ -406,7 +406,12 @@ def select_calibration(
             "duplicates_dropped": dropped,
             "images_per_class": available,
         },
-        "recipe": {"name": recipe_obj.name, "source": recipe_obj.source, "resolved": recipe_resolved, "sha256": recipe_sha},
+        "recipe": {
+            "name": recipe_obj.name,
+            "source": recipe_obj.source,
+            "resolved": recipe_resolved,
+            "sha256": recipe_sha,
+        },
         "images": [im.to_dict() for im in images],
         "coverage": coverage,
         "sha256": _identity(images, recipe_sha),
@@ -543,9 +548,13 @@ def assert_fresh(
         problems.append(
             f"it was built for profile {str(rec['profile_sha256'])[:12]}…, not the current {profile_sha256[:12]}…"
         )
-    if not problems and rec.get("key") is not None and profile_sha256 is not None:
-        if rec["key"] != calibration_key(model_sha256, calib_sha256, profile_sha256):
-            problems.append("its recorded calibration key does not match (edited sidecar?)")
+    if (
+        not problems
+        and rec.get("key") is not None
+        and profile_sha256 is not None
+        and rec["key"] != calibration_key(model_sha256, calib_sha256, profile_sha256)
+    ):
+        problems.append("its recorded calibration key does not match (edited sidecar?)")
     if problems:
         raise StaleCalibrationError(
             f"stale calibration: {what}: {'; '.join(problems)}; rebuild it (edge-lora export --overwrite)"

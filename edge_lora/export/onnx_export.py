@@ -4,7 +4,9 @@
 do the tracing (its metadata_props -- names, imgsz, stride, end2end -- and its onnxslim pass are kept), then
 checks the result: ``onnx.checker``, one ONNX Runtime run on a real image letterboxed by the runtime's own
 preprocessing, compared with the PyTorch model on the same input. Only a file that passed is moved to
-``out_path``, with a provenance sidecar (:mod:`edge_lora.export.artifact`).
+``out_path``, with a provenance sidecar (:mod:`edge_lora.export.artifact`). For end-to-end graphs the check
+also compares the decoded predictions *before* TopK (exposed as an extra output on an in-memory copy, see
+:func:`run_onnx`): TopK orders near-equal scores arbitrarily, so the final rows alone prove little.
 
 Where the Ultralytics exporter (8.4.x) needs working around, and where that is done:
 
@@ -22,7 +24,9 @@ Where the Ultralytics exporter (8.4.x) needs working around, and where that is d
   ``end2end: bool | None`` and maps it (None = the model's native form), and refuses ``end2end=True`` on a
   head without a one-to-one branch instead of falling back with a warning.
 * ``imgsz`` that is not a multiple of the stride is silently rounded up; we refuse it.
-* ``half`` is the deprecated spelling of ``quantize=16``; we pass ``quantize``.
+* ``half`` is the deprecated spelling of ``quantize=16``; we pass ``quantize``. Its CPU FP16 conversion
+  leaves the graph's nodes out of topological order, which ``onnx.checker`` rejects; we re-sort them
+  (``_toposort_file``).
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edge_lora.errors import DataError, EdgeLoraError, InputError, ModelError, ToolError
+from edge_lora.export.artifact import sidecar_path
 from edge_lora.fileio import check_output, sha256_file
 
 if TYPE_CHECKING:
@@ -56,8 +61,10 @@ __all__ = [
     "OnnxExport",
     "ParityResult",
     "compare_outputs",
+    "decoded_tensor_name",
     "export_onnx",
     "no_runtime_installs",
+    "run_onnx",
 ]
 
 #: Largest allowed difference ONNX Runtime vs PyTorch, relative to the output's scale (boxes: the largest
@@ -172,8 +179,8 @@ def _strict_check_requirements(original):
                 missing.append(" or ".join(r) if isinstance(r, (list, tuple)) else str(r))
         if missing:
             raise ToolError(
-                f"the Ultralytics exporter needs {', '.join(missing)}, which is not installed here; install it "
-                "(e.g. pip install 'edge-lora[export]') and retry. edge-lora never installs packages at run time"
+                f"the Ultralytics exporter needs {', '.join(missing)}, which is not installed here (or too old); "
+                "install it with pip and retry. edge-lora never installs packages at run time"
             )
         return True
 
@@ -203,7 +210,7 @@ def no_runtime_installs() -> Iterator[None]:
             if (name == "ultralytics" or name.startswith("ultralytics.")) and getattr(
                 module, "check_requirements", None
             ) is original:
-                setattr(module, "check_requirements", strict)
+                module.check_requirements = strict
                 patched.append(module)
         autoinstall = checks.AUTOINSTALL
         checks.AUTOINSTALL = False
@@ -377,7 +384,11 @@ def run_onnx(
 def _imgsz_hw(imgsz: int | Sequence[int], stride: int) -> tuple[int, int]:
     if isinstance(imgsz, (int, np.integer)) and not isinstance(imgsz, bool):
         hw = (int(imgsz), int(imgsz))
-    elif isinstance(imgsz, Sequence) and len(imgsz) == 2 and all(isinstance(v, (int, np.integer)) for v in imgsz):
+    elif (
+        isinstance(imgsz, Sequence)
+        and len(imgsz) == 2
+        and all(isinstance(v, (int, np.integer)) for v in imgsz)
+    ):
         hw = (int(imgsz[0]), int(imgsz[1]))
     else:
         raise InputError(f"imgsz must be an int or (height, width), got {imgsz!r}")
@@ -406,7 +417,9 @@ def _parity_images(check_images: Sequence[str | Path] | None, hw: tuple[int, int
     return images
 
 
-def _reference_outputs(model, batch: np.ndarray, end2end: bool, max_det: int) -> tuple[np.ndarray, np.ndarray]:
+def _reference_outputs(
+    model, batch: np.ndarray, end2end: bool, max_det: int
+) -> tuple[np.ndarray, np.ndarray]:
     """PyTorch (unfused, FP32) output and decoded pre-TopK predictions for ``batch``."""
     import torch
 
@@ -415,14 +428,14 @@ def _reference_outputs(model, batch: np.ndarray, end2end: bool, max_det: int) ->
     head.max_det = max_det
     with torch.inference_mode():
         y, preds = model(torch.from_numpy(batch))
-        if end2end:
-            decoded = head._inference(preds["one2one"])  # what Detect.forward feeds to postprocess
-        else:
-            decoded = y
+        # End-to-end: the decoded one-to-one predictions Detect.forward hands to postprocess (TopK).
+        decoded = head._inference(preds["one2one"]) if end2end else y
     return y.float().cpu().numpy(), decoded.float().cpu().numpy()
 
 
-def _export_with_ultralytics(checkpoint: Path, workdir: Path, args: Mapping[str, Any]) -> tuple[Path, list[str]]:
+def _export_with_ultralytics(
+    checkpoint: Path, workdir: Path, args: Mapping[str, Any]
+) -> tuple[Path, list[str]]:
     """Run ``YOLO(copy).export(**args)`` inside ``workdir``; return the .onnx path and logged warnings."""
     from ultralytics import YOLO
 
@@ -440,10 +453,14 @@ def _export_with_ultralytics(checkpoint: Path, workdir: Path, args: Mapping[str,
         raise ToolError(f"Ultralytics ONNX export of {checkpoint} failed: {first}") from exc
     failures = [m for m in sink.messages if "simplifier failure" in m]
     if args.get("simplify") and failures:
-        raise ToolError(f"onnxslim failed on {checkpoint}: {failures[0]}; export with simplify=False to skip it")
+        raise ToolError(
+            f"onnxslim failed on {checkpoint}: {failures[0]}; export with simplify=False to skip it"
+        )
     path = Path(str(produced))
     if path.suffix != ".onnx" or not path.is_file() or path.parent.resolve() != workdir.resolve():
-        raise ToolError(f"Ultralytics ONNX export of {checkpoint} produced {produced!r}, not an .onnx in {workdir}")
+        raise ToolError(
+            f"Ultralytics ONNX export of {checkpoint} produced {produced!r}, not an .onnx in {workdir}"
+        )
     return path, sink.messages
 
 
@@ -548,6 +565,8 @@ def export_onnx(
     workdir = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.", suffix=".partial", dir=out_path.parent))
     try:
         produced, warnings = _export_with_ultralytics(checkpoint, workdir, args)
+        if half:
+            _toposort_file(produced)
         proto_meta, checked = _check_graph(produced, end2end)
         inputs = _parity_images(check_images, hw)
         from edge_lora.runtime.prepost import preprocess
@@ -563,6 +582,7 @@ def export_onnx(
                 f"of output scale (limit {tol:g}; decoded predictions {parity.decoded_max_rel}; "
                 f"{parity.unmatched} unmatched detections); the exported graph is not trustworthy, not writing it"
             )
+        sidecar_path(out_path).unlink(missing_ok=True)  # an old sidecar would describe the replaced file
         os.replace(produced, out_path)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -618,6 +638,37 @@ def export_onnx(
         )
         result = dataclasses.replace(result, sidecar=sidecar)
     return result
+
+
+def _toposort_file(path: Path) -> None:
+    """Re-save an ONNX file with its nodes in topological order.
+
+    Workaround: Ultralytics' CPU FP16 path (``onnxruntime.transformers.float16.convert_float_to_float16`` with
+    ``keep_io_types=True``) appends the input Casts at the end of the node list, which ``onnx.checker`` (and
+    the ONNX spec) reject. Stable: nodes already in order keep their order.
+    """
+    import onnx
+
+    proto = onnx.load(str(path))
+    graph = proto.graph
+    ready = {"", *(i.name for i in graph.input), *(i.name for i in graph.initializer)}
+    pending = list(graph.node)
+    ordered = []
+    while pending:
+        rest = []
+        for node in pending:
+            if all(i in ready for i in node.input):
+                ordered.append(node)
+                ready.update(node.output)
+            else:
+                rest.append(node)
+        if len(rest) == len(pending):
+            return  # a cycle or a dangling input: leave it for onnx.checker to report
+        pending = rest
+    if [n.name for n in ordered] != [n.name for n in graph.node]:
+        del graph.node[:]
+        graph.node.extend(ordered)
+        onnx.save(proto, str(path))
 
 
 def _dims(value_info) -> tuple[int | None, ...]:

@@ -39,7 +39,7 @@ import math
 import shutil
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -58,7 +58,6 @@ __all__ = [
     "AccuracyControl",
     "IgnoredOps",
     "OpenVinoExport",
-    "compare_outputs",
     "export_openvino",
     "head_postprocess_ops",
     "quantization_stats",
@@ -103,7 +102,6 @@ _PRESETS = {"mixed": "MIXED", "performance": "PERFORMANCE"}
 _DEFAULT_SUBSET = 300  # nncf's default when the calibration size is unknown
 _LITERAL_KEYS = ("imgsz", "names", "kpt_shape", "kpt_names", "args", "end2end", "dynamic")
 _INT_KEYS = ("stride", "batch", "channels")
-_CONF_FOR_BOXES = 0.25
 
 log = logging.getLogger(__name__)
 
@@ -362,58 +360,29 @@ def _ignored_scope(
 
 
 # --------------------------------------------------------------------------------------- calibration
-class _Reiterable:
-    """A data source NNCF can iterate more than once (statistics, then bias correction)."""
+def _calibration_source(calib: Any, shape: tuple[int, ...]) -> tuple[Any, int | None, str | None]:
+    """A re-iterable source of calibration batches shaped like the model input.
 
-    def __init__(self, factory: Callable[[], Iterable[Any]]):
-        self._factory = factory
-
-    def __iter__(self) -> Iterator[Any]:
-        return iter(self._factory())
-
-
-class _SizedReiterable(_Reiterable):
-    def __init__(self, factory: Callable[[], Iterable[Any]], length: int):
-        super().__init__(factory)
-        self._length = length
-
-    def __len__(self) -> int:
-        return self._length
-
-
-def _calibration_source(calib: Any, shape: tuple[int, ...]) -> tuple[_Reiterable, int | None, str | None]:
-    """Wrap a CalibrationSet (``.batches(imgsz, batch)``) or an iterable of NCHW arrays.
-
-    Returns (re-iterable source of batches, number of batches if known, calibration sha256 if known).
+    Takes a :class:`~edge_lora.export.calibration.CalibrationSet` (its sized, re-iterable ``iterable()``
+    view; full batches only when the model's batch is fixed above 1), or a re-iterable of NCHW arrays.
+    Returns (source, number of batches if known, calibration sha256 if known).
     """
-    batch, imgsz = shape[0], shape[2]
+    batch, hw = shape[0], (shape[2], shape[3])
     sha = getattr(calib, "sha256", None)
-    sha = sha() if callable(sha) else sha
-    length: int | None = None
-    if hasattr(calib, "batches"):
-        if shape[2] != shape[3]:
-            raise InputError(f"calibration needs a square model input, got {shape}")
-
-        def factory() -> Iterable[Any]:
-            return calib.batches(imgsz, batch)
-
-        with contextlib.suppress(TypeError):
-            length = math.ceil(len(calib) / batch)
-    else:
-        if isinstance(calib, np.ndarray):
-            calib = [calib]
-        if isinstance(calib, Iterator):
-            raise InputError(
-                "calib must be re-iterable (a list or a CalibrationSet), not a one-shot iterator"
-            )
-
-        def factory() -> Iterable[Any]:
-            return calib
-
-        with contextlib.suppress(TypeError):
-            length = len(calib)
-    source = _Reiterable(factory) if length is None else _SizedReiterable(factory, length)
-    return source, length, str(sha) if sha is not None else None
+    sha = str(sha) if isinstance(sha, str) else None
+    if hasattr(calib, "iterable"):
+        source = calib.iterable(hw, batch, drop_last=batch > 1)
+        return source, len(source), sha
+    if isinstance(calib, np.ndarray):
+        calib = [calib]
+    if isinstance(calib, Iterator):
+        raise InputError("calib must be re-iterable (a list or a CalibrationSet), not a one-shot iterator")
+    if not isinstance(calib, Iterable):
+        raise InputError(
+            f"calib must be a CalibrationSet or a list of NCHW batches, not {type(calib).__name__}"
+        )
+    length = len(calib) if isinstance(calib, Sized) else None
+    return calib, length, sha
 
 
 def _as_batch(item: Any, shape: tuple[int, ...]) -> np.ndarray:
@@ -430,7 +399,7 @@ def _as_batch(item: Any, shape: tuple[int, ...]) -> np.ndarray:
 
 # -------------------------------------------------------------------------------------------- parity
 def _check_sample(
-    sample: Any, calib_source: _Reiterable | None, shape: tuple[int, ...]
+    sample: Any, calib_source: Iterable[Any] | None, shape: tuple[int, ...]
 ) -> tuple[np.ndarray, str]:
     """The input batch of the parity check, and where it came from."""
     if isinstance(sample, np.ndarray):
@@ -460,47 +429,6 @@ def _image_batch(path: Path, shape: tuple[int, ...]) -> np.ndarray:
     return batch
 
 
-def compare_outputs(reference: np.ndarray, candidate: np.ndarray, imgsz: int) -> dict[str, float]:
-    """How far ``candidate`` is from ``reference``, relative to the output's scale (``max_rel``).
-
-    Raw head outputs are compared element by element. End2end outputs ``(N, K, 6)`` are lists of detections
-    sorted by score, where a near-tie may swap two rows between backends, so they are compared as sets: the
-    sorted scores element by element, and each confident reference box (score >= 0.25, else the top 10)
-    against the nearest candidate box of the same class, in pixels divided by ``imgsz``.
-    """
-    ref = np.asarray(reference, dtype=np.float64)
-    cand = np.asarray(candidate, dtype=np.float64)
-    if ref.shape != cand.shape:
-        return {"max_abs": math.inf, "max_rel": math.inf}
-    if not (np.isfinite(cand).all()):
-        return {"max_abs": math.inf, "max_rel": math.inf}
-    if ref.ndim == 3 and ref.shape[-1] == 6:
-        score_diff = float(np.abs(np.sort(ref[..., 4], -1) - np.sort(cand[..., 4], -1)).max(initial=0.0))
-        box_diff = 0.0
-        for r, c in zip(ref, cand, strict=True):
-            keep = r[:, 4] >= _CONF_FOR_BOXES
-            rows = r[keep] if keep.any() else r[np.argsort(-r[:, 4])[:10]]
-            for row in rows:
-                same = c[c[:, 5] == row[5]]
-                if len(same) == 0:
-                    box_diff = max(box_diff, float(imgsz))
-                    continue
-                box_diff = max(box_diff, float(np.abs(same[:, :4] - row[:4]).max(axis=1).min()))
-        return {"max_abs": max(score_diff, box_diff), "max_rel": max(score_diff, box_diff / imgsz)}
-    diff = float(np.abs(ref - cand).max(initial=0.0))
-    scale = max(float(np.abs(ref).max(initial=0.0)), 1e-12)
-    return {"max_abs": diff, "max_rel": diff / scale}
-
-
-def _onnxruntime_outputs(onnx_path: Path, input_name: str, batch: np.ndarray) -> list[np.ndarray]:
-    try:
-        import onnxruntime as ort
-    except ImportError as exc:
-        raise ToolError("onnxruntime is needed for the FP32 reference: pip install onnxruntime") from exc
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    return [np.asarray(o) for o in session.run(None, {input_name: batch})]
-
-
 def _run_ir(ov: Any, xml: Path, batch: np.ndarray) -> list[np.ndarray]:
     core = ov.Core()
     try:
@@ -516,21 +444,23 @@ def _run_ir(ov: Any, xml: Path, batch: np.ndarray) -> list[np.ndarray]:
 def _parity(
     ov: Any, xml: Path, facts: _OnnxFacts, batch: np.ndarray, source: str, tolerance: float
 ) -> dict[str, Any]:
-    ref = _onnxruntime_outputs(facts.path, facts.input_name, batch)
+    from edge_lora.export.onnx_export import compare_outputs, run_onnx
+
+    ref, _ = run_onnx(facts.path, batch)
     got = _run_ir(ov, xml, batch)
-    if len(ref) != len(got):
-        raise ToolError(f"{xml}: {len(got)} outputs, the ONNX model has {len(ref)}")
-    per = [compare_outputs(r, g, facts.input_shape[2]) for r, g in zip(ref, got, strict=True)]
-    if any(not math.isfinite(p["max_rel"]) for p in per):
-        shapes = [(tuple(r.shape), tuple(g.shape)) for r, g in zip(ref, got, strict=True)]
-        raise ToolError(f"{xml}: outputs are non-finite or differ in shape from ONNX Runtime's: {shapes}")
-    max_rel = max(p["max_rel"] for p in per)
+    if len(got) != 1:
+        raise ToolError(f"{xml}: {len(got)} outputs; a YOLO detection export has one")
+    meta = ultralytics_metadata(facts.metadata)
+    end2end = bool(meta["end2end"]) if "end2end" in meta else (ref.ndim == 3 and ref.shape[-1] == 6)
+    result = compare_outputs(ref, got[0], end2end=end2end, tolerance=tolerance)
+    if not math.isfinite(result.max_rel):
+        raise ToolError(
+            f"{xml}: output is non-finite or shaped {tuple(got[0].shape)} instead of ONNX Runtime's "
+            f"{tuple(ref.shape)}"
+        )
     return {
+        **result.to_dict(),
         "sample": source,
-        "max_abs": max(p["max_abs"] for p in per),
-        "max_rel": max_rel,
-        "tolerance": tolerance,
-        "passed": max_rel <= tolerance,
         "reference": "onnxruntime CPUExecutionProvider, FP32 ONNX",
     }
 
@@ -736,6 +666,10 @@ def export_openvino(
         accuracy: dict[str, Any] | None = None
         if precision == "int8":
             calib_source, n_batches, calib_sha = _calibration_source(calib, facts.input_shape)
+            first = next(iter(calib_source), None)
+            if first is None:
+                raise InputError("the calibration data is empty")
+            _as_batch(first, facts.input_shape)  # a wrong shape fails here, not deep inside NNCF
             subset = subset_size or n_batches or _DEFAULT_SUBSET
             types = settings.ignored_op_types if ignored is None or ignored.types is None else ignored.types
             scope, float_ops = _ignored_scope(_import_nncf(), model, ignored or IgnoredOps(), types)
@@ -805,7 +739,7 @@ def _quiet_nncf(nncf: Any) -> Iterator[None]:
 
 def _quantize(
     model: Any,
-    calib_source: _Reiterable,
+    calib_source: Iterable[Any],
     shape: tuple[int, ...],
     subset: int,
     settings: OpenVinoSettings,

@@ -1,0 +1,640 @@
+"""The factory-line runtime behind ``edge-lora run``: a verified bundle, frames in, one JSON line per frame out.
+
+Torch- and Ultralytics-free (numpy, OpenCV, pydantic and the bundle's backend only), so it runs on a line PC
+or a Jetson with the ``runtime`` extra::
+
+    from edge_lora.runtime.line import LineRuntime
+
+    with LineRuntime("dist/line_b-cpu-onnxruntime") as line:
+        summary = line.run("/data/camera_drop", out_jsonl="results.jsonl", watch=True)
+    print(summary.to_dict())
+
+What it guarantees:
+
+* the bundle is verified first (schema, every file's sha256, no stray files); a tampered bundle is refused,
+  and a bundle whose build failed is refused unless ``allow_failed``;
+* the model runs exactly as validated: the manifest's runner settings, input size, letterbox and decoding;
+* one JSON line per readable frame, flushed as it is written::
+
+      {"frame": "img_0001.png", "detections": [{"class": 0, "name": "scratch", "score": 0.91,
+       "box": [x1, y1, x2, y2]}], "verdict": "reject", "reasons": {"scratch": 1},
+       "latency_ms": {"pre": 0.4, "infer": 3.1, "post": 0.1, "total": 3.6}}
+
+  ``detections`` are those above their class's deployment threshold; the verdict is ``reject`` when one of
+  them is of a defect class, and ``reasons`` counts them per class name;
+* an unreadable frame is logged to stderr, counted and skipped, never a crash;
+* memory stays flat on a run of any length: running counters and a bounded latency window (the last
+  ``latency_window`` frames) instead of per-frame results;
+* Ctrl-C (or SIGTERM) finishes the current frame, then :meth:`LineRuntime.run` returns the summary; a second
+  Ctrl-C stops at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import cv2
+import numpy as np
+
+from edge_lora.bundle.manifest import BundleError, Manifest
+from edge_lora.bundle.pack import load_verified
+from edge_lora.errors import InputError
+from edge_lora.runtime.loader import load_runner
+from edge_lora.runtime.prepost import Detections, postprocess, preprocess
+from edge_lora.validate.metrics import LatencyStats
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "VIDEO_SUFFIXES",
+    "LineRuntime",
+    "RunSummary",
+    "iter_frames",
+    "read_image",
+    "watch_frames",
+]
+
+# What Ultralytics accepts as images and videos (data/utils.py IMG_FORMATS / VID_FORMATS).
+IMAGE_SUFFIXES = (".bmp", ".dng", ".jpeg", ".jpg", ".mpo", ".png", ".tif", ".tiff", ".webp", ".pfm", ".heic")
+VIDEO_SUFFIXES = (
+    ".asf",
+    ".avi",
+    ".gif",
+    ".m4v",
+    ".mkv",
+    ".mov",
+    ".mp4",
+    ".mpeg",
+    ".mpg",
+    ".ts",
+    ".wmv",
+    ".webm",
+)
+_GLOB_CHARS = ("*", "?", "[")
+# A camera that fails this many reads in a row is considered gone.
+_CAMERA_MAX_FAILURES = 30
+
+Frame = tuple[str, "np.ndarray | None"]
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Frame sources
+# --------------------------------------------------------------------------------------------------------
+
+
+def read_image(path: str | Path) -> np.ndarray | None:
+    """A BGR uint8 image, or None when the file is empty, unreadable or not an image OpenCV can decode."""
+    try:
+        data = np.fromfile(str(path), dtype=np.uint8)
+        if data.size == 0:
+            return None
+        img = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    except (OSError, ValueError, cv2.error):
+        return None
+    return img if img is not None and img.size else None
+
+
+def _is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
+def _list_images(folder: Path) -> list[str]:
+    with os.scandir(folder) as entries:
+        return sorted(e.name for e in entries if _is_image(Path(e.name)) and e.is_file())
+
+
+def _capture(target: str | int, label: str, camera: bool) -> Iterator[Frame]:
+    cap = cv2.VideoCapture(target)
+    try:
+        if not cap.isOpened():
+            kind = "camera" if camera else "video"
+            raise InputError(f"cannot open {kind} {target!r}")
+        n, failures = 0, 0
+        while True:
+            ok, frame = cap.read()
+            if not ok or frame is None:
+                if not camera:
+                    return  # end of the video
+                failures += 1
+                if failures >= _CAMERA_MAX_FAILURES:
+                    _stderr(f"camera {target}: {failures} failed reads in a row; stopping")
+                    return
+                yield f"{label}#{n}", None
+                n += 1
+                continue
+            failures = 0
+            yield f"{label}#{n}", frame
+            n += 1
+    finally:
+        cap.release()
+
+
+def _files(paths: list[tuple[str, Path]]) -> Iterator[Frame]:
+    for frame_id, path in paths:
+        yield frame_id, read_image(path)
+
+
+def iter_frames(source: str | int | Path) -> Iterator[Frame]:
+    """Frames of ``source`` as ``(frame id, BGR image or None when unreadable)``.
+
+    ``source`` is a folder (its images, sorted by name; ids are the file names), a glob such as
+    ``"line/**/*.png"`` (sorted matches; ids are the paths), an image or video file (video ids are
+    ``"name#frame"``), or a camera index (an int, or a string of digits that is not an existing path).
+    The source is checked here, before the first frame is read.
+
+    Raises:
+        InputError: the source does not exist, holds no images, or is not an image or video.
+    """
+    if isinstance(source, int) or (
+        isinstance(source, str) and source.isdigit() and not Path(source).exists()
+    ):
+        index = int(source)
+        return _capture(index, f"camera{index}", camera=True)
+    p = Path(source)
+    text = str(source)
+    if p.is_dir():
+        names = _list_images(p)
+        if not names:
+            raise InputError(f"source {p} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        return _files([(name, p / name) for name in names])
+    if p.is_file():
+        suffix = p.suffix.lower()
+        if suffix in VIDEO_SUFFIXES:
+            return _capture(str(p), p.name, camera=False)
+        if suffix in IMAGE_SUFFIXES:
+            return _files([(text, p)])
+        raise InputError(f"source {p}: {suffix or 'no suffix'!r} is neither an image nor a video type")
+    if any(c in text for c in _GLOB_CHARS):
+        matches = [Path(m) for m in sorted(glob.glob(text, recursive=True))]
+        images = [m for m in matches if m.is_file() and _is_image(m)]
+        if not images:
+            raise InputError(f"source {text!r} matches no images")
+        return _files([(str(m), m) for m in images])
+    raise InputError(f"source {text!r} is not a folder, image, video, glob or camera index (does it exist?)")
+
+
+def watch_frames(
+    folder: str | Path,
+    *,
+    poll_s: float = 0.5,
+    idle_timeout_s: float | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+    include_existing: bool = False,
+    log: Callable[[str], None] = _stderr,
+) -> Iterator[Frame]:
+    """Images as they arrive in ``folder``, each file once, until ``should_stop()`` or ``idle_timeout_s``
+    seconds without a new file.
+
+    A file is taken once its size and mtime are unchanged between two polls, so a camera still writing it is
+    not read half-written (writing to a dot-file or another suffix and renaming is better still: hidden and
+    non-image files are ignored). Files already there are skipped unless ``include_existing``. Memory is
+    bounded by the folder's content: names are forgotten once their file is removed.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"--watch needs a folder, {folder} is not one")
+    if poll_s <= 0:
+        raise InputError(f"poll interval must be > 0, got {poll_s}")
+    return _watch(folder, poll_s, idle_timeout_s, should_stop, include_existing, log)
+
+
+def _watch(
+    folder: Path,
+    poll_s: float,
+    idle_timeout_s: float | None,
+    should_stop: Callable[[], bool],
+    include_existing: bool,
+    log: Callable[[str], None],
+) -> Iterator[Frame]:
+    existing = set(_list_images(folder))
+    seen: set[str] = set() if include_existing else existing
+    if existing and not include_existing:
+        log(f"watching {folder}: {len(existing)} images already there are skipped")
+    pending: dict[str, tuple[int, int]] = {}
+    last_activity = time.monotonic()
+    while not should_stop():
+        current = _list_images(folder)
+        present = set(current)
+        seen &= present
+        pending = {k: v for k, v in pending.items() if k in present}
+        for name in current:
+            if name in seen:
+                continue
+            try:
+                st = os.stat(folder / name)
+            except FileNotFoundError:
+                continue
+            sig = (st.st_size, st.st_mtime_ns)
+            last_activity = time.monotonic()
+            if pending.get(name) != sig:  # new, or still being written: look again next poll
+                pending[name] = sig
+                continue
+            del pending[name]
+            seen.add(name)
+            yield name, read_image(folder / name)
+            if should_stop():
+                return
+        if idle_timeout_s is not None and time.monotonic() - last_activity > idle_timeout_s:
+            log(f"no new images in {folder} for {idle_timeout_s:g} s; stopping")
+            return
+        deadline = time.monotonic() + poll_s
+        while not should_stop() and (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(left, 0.05))
+
+
+# --------------------------------------------------------------------------------------------------------
+# Summary
+# --------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunSummary:
+    """Counters of one run; nothing per frame is kept.
+
+    Attributes:
+        bundle: bundle folder. source: what was read.
+        images: readable frames processed. unreadable: frames skipped because they could not be decoded.
+        rejects: frames with a verdict of ``reject``.
+        defects: counted detections of defect classes, per class name.
+        detections: counted detections of every class, per class name.
+        latency: ``{"total": LatencyStats, "infer": LatencyStats}`` over the last ``latency_window`` frames
+            (``total`` = preprocess + inference + decoding; image decoding excluded, as in validation).
+        interrupted: stopped by Ctrl-C/SIGTERM. elapsed_s: wall time of the run.
+    """
+
+    bundle: str
+    source: str
+    images: int = 0
+    unreadable: int = 0
+    rejects: int = 0
+    defects: dict[str, int] = field(default_factory=dict)
+    detections: dict[str, int] = field(default_factory=dict)
+    latency: dict[str, LatencyStats] = field(default_factory=dict)
+    latency_window: int = 0
+    interrupted: bool = False
+    elapsed_s: float = 0.0
+
+    @property
+    def passes(self) -> int:
+        return self.images - self.rejects
+
+    @property
+    def frames(self) -> int:
+        """Frames taken from the source, readable or not."""
+        return self.images + self.unreadable
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "bundle": self.bundle,
+            "source": self.source,
+            "frames": self.frames,
+            "images": self.images,
+            "unreadable": self.unreadable,
+            "rejects": self.rejects,
+            "passes": self.passes,
+            "reject_rate": self.rejects / self.images if self.images else 0.0,
+            "defects": dict(self.defects),
+            "detections": dict(self.detections),
+            "latency_ms": {k: v.to_dict() for k, v in self.latency.items()},
+            "latency_window": self.latency_window,
+            "interrupted": self.interrupted,
+            "elapsed_s": self.elapsed_s,
+            "fps": self.frames / self.elapsed_s if self.elapsed_s > 0 else 0.0,
+        }
+
+
+# --------------------------------------------------------------------------------------------------------
+# Runtime
+# --------------------------------------------------------------------------------------------------------
+
+
+def _annotated_name(frame_id: str) -> str:
+    name = frame_id.replace("\\", "/").strip("/").replace("/", "__").replace("#", "_").replace(":", "_")
+    return name if Path(name).suffix.lower() in IMAGE_SUFFIXES else f"{name}.jpg"
+
+
+class LineRuntime:
+    """Run a verified deploy bundle on frames.
+
+    Args:
+        bundle_dir: the bundle folder.
+        allow_failed: run a bundle whose build marked it failed (its integrity is still checked).
+        settings_override: runner settings replacing the manifest's (e.g. ``{"intra_op_threads": 2}``).
+        conf: one deployment threshold for every class instead of the manifest's per-class ones.
+        latency_window: how many recent frames the latency percentiles cover.
+
+    Raises:
+        BundleError: the bundle is missing, tampered with, failed (without ``allow_failed``), has no primary
+            artifact, or its engine is not built yet. ModelError/ToolError: the runner cannot load.
+    """
+
+    def __init__(
+        self,
+        bundle_dir: str | Path,
+        *,
+        allow_failed: bool = False,
+        settings_override: Mapping[str, Any] | None = None,
+        conf: float | None = None,
+        latency_window: int = 10_000,
+    ):
+        self.bundle_dir = Path(bundle_dir)
+        self.manifest: Manifest = load_verified(self.bundle_dir, allow_failed=allow_failed)
+        primary = self.manifest.primary
+        if primary is None:
+            raise BundleError(f"bundle {self.bundle_dir} has no primary artifact to run")
+        self.artifact = primary
+        run_path = self.bundle_dir / primary.run_path
+        if not run_path.exists():
+            steps = " && ".join(self.manifest.on_device_steps) or "(the manifest lists no steps)"
+            raise BundleError(f"{run_path} is not built yet; on this device run first: {steps}")
+        if conf is not None and not 0 <= conf <= 1:
+            raise InputError(f"conf must lie in [0, 1], got {conf}")
+        if latency_window < 1:
+            raise InputError(f"latency_window must be >= 1, got {latency_window}")
+        self.settings = {**primary.runner_settings, **(settings_override or {})}
+        self.runner = load_runner(run_path, **self.settings)
+        self.latency_window = int(latency_window)
+
+        m = self.manifest
+        self.names: dict[int, str] = dict(m.classes)
+        self.nc = max(self.names) + 1
+        thresholds = {c: (conf if conf is not None else t) for c, t in m.thresholds.conf.items()}
+        # Per class id: the threshold (unknown ids never count) and whether it is a defect.
+        self._thr = np.full(self.nc, np.inf, dtype=np.float32)
+        for c, t in thresholds.items():
+            self._thr[c] = t
+        self._defect = np.zeros(self.nc, dtype=bool)
+        self._defect[m.thresholds.defect_classes] = True
+        self.thresholds = thresholds
+        # Decode at the lowest threshold in use, then apply each class's own.
+        self.decode_conf = float(min(m.postprocessing.conf, *thresholds.values()))
+        self._fp16 = False
+        self._batch = 1
+        self._stop = False
+
+    # ---------------------------------------------------------------------------------------- lifecycle
+    def __enter__(self) -> LineRuntime:
+        self.activate()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close()
+
+    def activate(self) -> None:
+        """Load the model into its backend and check its input fits the manifest. Idempotent."""
+        if self.runner.is_active:
+            return
+        self.runner.activate()
+        try:
+            inputs = self.runner.input_metadata()
+            if len(inputs) != 1:
+                raise BundleError(f"{self.runner.path}: expected one model input, found {list(inputs)}")
+            dtype, shape = next(iter(inputs.values()))
+            h, w = self.manifest.imgsz
+            if len(shape) != 4 or any(
+                d is not None and d != want for d, want in zip(shape[2:], (h, w), strict=True)
+            ):
+                raise BundleError(
+                    f"{self.runner.path}: model input {shape} does not fit the manifest's imgsz {[h, w]}"
+                )
+            self._fp16 = dtype == np.float16
+            self._batch = shape[0] if isinstance(shape[0], int) and shape[0] > 1 else 1
+        except BaseException:
+            self.runner.deactivate()
+            raise
+
+    def close(self) -> None:
+        """Release the backend. Idempotent."""
+        self.runner.deactivate()
+
+    # ------------------------------------------------------------------------------------------ a frame
+    def detect(self, image_bgr: np.ndarray) -> tuple[Detections, dict[str, float]]:
+        """Counted detections of one BGR image (above their class's threshold) and the stage latencies (s)."""
+        self.activate()
+        t0 = time.perf_counter()
+        batch, infos = preprocess([image_bgr], self.manifest.imgsz, fp16=self._fp16)
+        if self._batch > 1:  # fixed-batch export: fill the batch, keep the first result
+            batch = np.ascontiguousarray(np.repeat(batch, self._batch, axis=0))
+            infos = infos * self._batch
+        t1 = time.perf_counter()
+        outputs = self.runner.infer(batch)
+        t2 = time.perf_counter()
+        post = self.manifest.postprocessing
+        det = postprocess(
+            outputs,
+            infos,
+            end2end=post.end2end,
+            conf=self.decode_conf,
+            iou=post.iou,
+            max_det=post.max_det,
+            nc=None if post.end2end else self.nc,
+        )[0]
+        known = det.class_ids < self.nc
+        thr = np.full(len(det), np.inf, dtype=np.float32)
+        thr[known] = self._thr[det.class_ids[known]]
+        keep = det.scores > thr
+        det = Detections(det.boxes[keep], det.scores[keep], det.class_ids[keep])
+        t3 = time.perf_counter()
+        return det, {"pre": t1 - t0, "infer": t2 - t1, "post": t3 - t2, "total": t3 - t0}
+
+    def process(self, image_bgr: np.ndarray, frame_id: str = "") -> dict[str, Any]:
+        """The JSON record of one frame: detections, verdict, reasons, latency in ms."""
+        return self._process(image_bgr, frame_id)[0]
+
+    def _process(self, image_bgr: np.ndarray, frame_id: str) -> tuple[dict[str, Any], dict[str, float]]:
+        det, lat = self.detect(image_bgr)
+        detections, reasons = [], {}
+        for box, score, cls in zip(
+            det.boxes.tolist(), det.scores.tolist(), det.class_ids.tolist(), strict=True
+        ):
+            name = self.names.get(cls, f"class_{cls}")
+            detections.append(
+                {"class": cls, "name": name, "score": round(score, 4), "box": [round(v, 1) for v in box]}
+            )
+            if cls < self.nc and self._defect[cls]:
+                reasons[name] = reasons.get(name, 0) + 1
+        record = {
+            "frame": frame_id,
+            "detections": detections,
+            "verdict": "reject" if reasons else "pass",
+            "reasons": reasons,
+            "latency_ms": {k: round(v * 1e3, 3) for k, v in lat.items()},
+        }
+        return record, lat
+
+    def annotate(self, image_bgr: np.ndarray, record: Mapping[str, Any]) -> np.ndarray:
+        """A copy of the frame with boxes and ``name score`` labels (defects red, others green)."""
+        img = image_bgr.copy()
+        scale = max(img.shape[:2]) / 640
+        thick = max(1, round(2 * scale))
+        defect_names = set(self.manifest.defect_names)
+        for d in record["detections"]:
+            x1, y1, x2, y2 = (round(v) for v in d["box"])
+            color = (0, 0, 255) if d["name"] in defect_names else (0, 200, 0)
+            cv2.rectangle(img, (x1, y1), (x2, y2), color, thick)
+            label = f"{d['name']} {d['score']:.2f}"
+            font = max(0.35, 0.5 * scale)
+            (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, font, 1)
+            ty = y1 - 2 if y1 - th - base - 2 >= 0 else y1 + th + 2
+            cv2.rectangle(img, (x1, ty - th - base), (x1 + tw, ty + base - 1), color, -1)
+            cv2.putText(
+                img, label, (x1, ty - 1), cv2.FONT_HERSHEY_SIMPLEX, font, (255, 255, 255), 1, cv2.LINE_AA
+            )
+        banner = record["verdict"].upper()
+        cv2.putText(
+            img,
+            banner,
+            (4, 4 + round(16 * max(scale, 0.5))),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.6 * max(scale, 0.5),
+            (0, 0, 255) if banner == "REJECT" else (0, 200, 0),
+            thick,
+            cv2.LINE_AA,
+        )
+        return img
+
+    # ------------------------------------------------------------------------------------------- a run
+    def request_stop(self) -> None:
+        """Ask a running :meth:`run` to stop after the current frame (thread-safe)."""
+        self._stop = True
+
+    @contextlib.contextmanager
+    def _signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum, frame):
+            if self._stop:  # a second Ctrl-C: stop now
+                raise KeyboardInterrupt
+            self._stop = True
+
+        previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+    def run(
+        self,
+        source: str | int | Path,
+        *,
+        out_jsonl: str | Path | IO[str] | None = None,
+        save_annotated: str | Path | None = None,
+        watch: bool = False,
+        poll_s: float = 0.5,
+        max_frames: int | None = None,
+        idle_timeout_s: float | None = None,
+        log: Callable[[str], None] = _stderr,
+    ) -> RunSummary:
+        """Process every frame of ``source`` and return the summary.
+
+        Args:
+            source: see :func:`iter_frames`; with ``watch`` a folder whose new images are processed as they
+                arrive (see :func:`watch_frames`).
+            out_jsonl: file to append JSON lines to, or an open text stream; None writes to stdout.
+            save_annotated: folder for annotated copies of the frames (created).
+            watch: keep watching the folder until Ctrl-C, ``max_frames`` or ``idle_timeout_s``.
+            poll_s: watch poll interval in seconds.
+            max_frames: stop after this many frames (readable or not).
+            idle_timeout_s: with ``watch``, stop after this many seconds without a new file.
+            log: where messages (unreadable frames, stopping) go; stderr by default.
+        """
+        if max_frames is not None and max_frames < 1:
+            raise InputError(f"max_frames must be >= 1, got {max_frames}")
+        self._stop = False
+        frames = (
+            watch_frames(
+                source, poll_s=poll_s, idle_timeout_s=idle_timeout_s, should_stop=lambda: self._stop, log=log
+            )
+            if watch
+            else iter_frames(source)
+        )
+        annotated_dir = Path(save_annotated) if save_annotated is not None else None
+        if annotated_dir is not None:
+            annotated_dir.mkdir(parents=True, exist_ok=True)
+        summary = RunSummary(bundle=str(self.bundle_dir), source=str(source))
+        total_s: deque[float] = deque(maxlen=self.latency_window)
+        infer_s: deque[float] = deque(maxlen=self.latency_window)
+        self.activate()
+        own_stream = isinstance(out_jsonl, (str, os.PathLike))
+        if own_stream:
+            Path(out_jsonl).parent.mkdir(parents=True, exist_ok=True)
+        stream: IO[str] = (
+            open(out_jsonl, "a", encoding="utf-8")  # noqa: SIM115 - closed in finally
+            if own_stream
+            else (out_jsonl if out_jsonl is not None else sys.stdout)
+        )
+        start = time.perf_counter()
+        try:
+            with self._signals():
+                try:
+                    for frame_id, image in frames:
+                        if image is None:
+                            summary.unreadable += 1
+                            log(f"skipped unreadable frame {frame_id}")
+                        else:
+                            record, lat = self._process(image, frame_id)
+                            stream.write(json.dumps(record, separators=(",", ":")) + "\n")
+                            stream.flush()
+                            summary.images += 1
+                            if record["verdict"] == "reject":
+                                summary.rejects += 1
+                            for name, n in record["reasons"].items():
+                                summary.defects[name] = summary.defects.get(name, 0) + n
+                            for d in record["detections"]:
+                                summary.detections[d["name"]] = summary.detections.get(d["name"], 0) + 1
+                            total_s.append(lat["total"])
+                            infer_s.append(lat["infer"])
+                            if annotated_dir is not None:
+                                self._save_annotated(annotated_dir, image, record)
+                        if max_frames is not None and summary.frames >= max_frames:
+                            break
+                        if self._stop:
+                            summary.interrupted = True
+                            break
+                except KeyboardInterrupt:
+                    summary.interrupted = True
+        finally:
+            close = getattr(frames, "close", None)
+            if close is not None:
+                close()
+            if own_stream:
+                stream.close()
+        if summary.interrupted:
+            log(f"interrupted after {summary.frames} frames")
+        summary.elapsed_s = time.perf_counter() - start
+        if total_s:
+            summary.latency = {
+                "total": LatencyStats.from_samples(np.fromiter(total_s, float)),
+                "infer": LatencyStats.from_samples(np.fromiter(infer_s, float)),
+            }
+        summary.latency_window = len(total_s)
+        return summary
+
+    def _save_annotated(self, folder: Path, image: np.ndarray, record: Mapping[str, Any]) -> None:
+        name = _annotated_name(str(record["frame"]))
+        ok, buf = cv2.imencode(Path(name).suffix, self.annotate(image, record))
+        if not ok:
+            name = f"{name}.jpg"
+            ok, buf = cv2.imencode(".jpg", self.annotate(image, record))
+        dest = folder / name
+        tmp = dest.with_name(f".{dest.name}.tmp")
+        tmp.write_bytes(buf.tobytes())
+        os.replace(tmp, dest)  # a consumer watching the folder never sees half an image
