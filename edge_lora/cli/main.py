@@ -21,9 +21,9 @@ def main() -> None:
 
 
 def _register() -> None:
-    from edge_lora.cli import bundle_cmds, device_cmds, model_cmds, target_cmds
+    from edge_lora.cli import bundle_cmds, device_cmds, export_cmds, model_cmds, target_cmds
 
-    for module in (model_cmds, target_cmds, device_cmds, bundle_cmds):
+    for module in (model_cmds, export_cmds, target_cmds, device_cmds, bundle_cmds):
         for command in module.COMMANDS:
             main.add_command(command)
 

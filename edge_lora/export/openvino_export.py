@@ -54,6 +54,7 @@ if TYPE_CHECKING:
     from edge_lora.profiles import OpenVinoSettings, TargetProfile
 
 __all__ = [
+    "DEFAULT_INT8_MIN_COSINE",
     "DEFAULT_TOLERANCE",
     "AccuracyControl",
     "IgnoredOps",
@@ -66,10 +67,14 @@ __all__ = [
 
 Precision = Literal["fp32", "fp16", "int8"]
 
-#: Largest allowed difference from ONNX Runtime FP32 on the check image, relative to the output's scale.
-#: FP32 is a conversion check; FP16 stores weights in half precision but computes in f32 on the CPU;
-#: INT8 is only checked for gross breakage here, its accuracy is gated on the device with mAP.
-DEFAULT_TOLERANCE: dict[str, float] = {"fp32": 1e-3, "fp16": 2e-2, "int8": 0.5}
+#: The parity check against ONNX Runtime FP32 on a real image. FP32 and FP16 (f16 weights, f32 compute on
+#: the CPU) must reproduce the final output within this difference relative to the output's scale.
+DEFAULT_TOLERANCE: dict[str, float] = {"fp32": 1e-3, "fp16": 2e-2}
+#: INT8 is only checked for gross breakage here (its accuracy is gated on the device with mAP): the decoded
+#: predictions before post-processing (boxes, class scores per anchor) must point the same way as FP32's,
+#: cosine similarity at least this. Element-wise limits do not work for INT8: one anchor's box can move by
+#: many pixels while the detections hardly change.
+DEFAULT_INT8_MIN_COSINE = 0.9
 
 XML_NAME, BIN_NAME, METADATA_NAME = "model.xml", "model.bin", "metadata.yaml"
 
@@ -173,7 +178,10 @@ class OpenVinoExport:
         precision: fp32, fp16 or int8.
         source: the FP32 ONNX (or checkpoint) given; onnx_sha256: hash of the ONNX the IR was converted from.
         xml_sha256, bin_sha256: hashes of the written IR.
-        parity: comparison with ONNX Runtime FP32 on the check image (``max_rel``, ``tolerance``, ``passed``).
+        parity: comparison with ONNX Runtime FP32 on the check image: ``final`` (the output, tie-aware for
+            end2end), ``decoded`` (the predictions before post-processing: ``max_rel``, ``cosine_boxes``,
+            ``cosine_scores``), and the gate: ``criterion`` (``max_rel`` for fp32/fp16, ``min_cosine`` for
+            int8), ``value``, ``limit``, ``passed``; ``sample`` names the image.
         quantization: INT8 only: FakeQuantize/FakeConvert counts, quantized and float weighted ops, the ops
             left float by the ignored scope (see :func:`quantization_stats`), calibration facts.
         accuracy: accuracy-aware INT8 only: the metric of the FP32 and INT8 IR and the drop.
@@ -429,40 +437,69 @@ def _image_batch(path: Path, shape: tuple[int, ...]) -> np.ndarray:
     return batch
 
 
-def _run_ir(ov: Any, xml: Path, batch: np.ndarray) -> list[np.ndarray]:
+def _run_ir(ov: Any, xml: Path, batch: np.ndarray, extra: str | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Compile the IR on CPU and run it once; also return tensor ``extra`` when the IR has it."""
     core = ov.Core()
     try:
         model = core.read_model(str(xml))
+        n_outputs = len(model.outputs)
+        if n_outputs != 1:
+            raise ToolError(f"{xml}: {n_outputs} outputs; a YOLO detection export has one")
+        if extra is not None:
+            try:
+                model.add_outputs([extra])
+            except RuntimeError:  # the tensor was fused away: compare the final output only
+                extra = None
         # f32: the check measures the IR, not the CPU's bf16 default on AMX/AVX512-BF16 machines.
         compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
         result = compiled.create_infer_request().infer({0: batch})
+    except ToolError:
+        raise
     except Exception as exc:
         raise ToolError(f"the exported IR {xml} does not compile or run on CPU: {_first_line(exc)}") from exc
-    return [np.asarray(result[out]) for out in compiled.outputs]
+    outputs = [np.asarray(result[port]) for port in compiled.outputs]
+    return outputs[0], (outputs[1] if extra is not None else None)
 
 
 def _parity(
-    ov: Any, xml: Path, facts: _OnnxFacts, batch: np.ndarray, source: str, tolerance: float
+    ov: Any, xml: Path, facts: _OnnxFacts, batch: np.ndarray, precision: str, limit: float
 ) -> dict[str, Any]:
-    from edge_lora.export.onnx_export import compare_outputs, run_onnx
+    """Compare the IR with ONNX Runtime FP32 on ``batch`` (see :data:`DEFAULT_TOLERANCE`)."""
+    import onnx
 
-    ref, _ = run_onnx(facts.path, batch)
-    got = _run_ir(ov, xml, batch)
-    if len(got) != 1:
-        raise ToolError(f"{xml}: {len(got)} outputs; a YOLO detection export has one")
+    from edge_lora.export.onnx_export import compare_outputs, decoded_tensor_name, run_onnx
+    from edge_lora.export.ort_qdq import cosine_similarity
+
+    proto = onnx.load(str(facts.path))
+    ref, ref_decoded = run_onnx(proto, batch, decoded=True)
+    got, got_decoded = _run_ir(ov, xml, batch, decoded_tensor_name(proto))
     meta = ultralytics_metadata(facts.metadata)
     end2end = bool(meta["end2end"]) if "end2end" in meta else (ref.ndim == 3 and ref.shape[-1] == 6)
-    result = compare_outputs(ref, got[0], end2end=end2end, tolerance=tolerance)
-    if not math.isfinite(result.max_rel):
+    final = compare_outputs(ref, got, end2end=end2end, tolerance=limit if precision != "int8" else math.inf)
+    if got.shape != ref.shape or not np.isfinite(got).all():
         raise ToolError(
-            f"{xml}: output is non-finite or shaped {tuple(got[0].shape)} instead of ONNX Runtime's "
+            f"{xml}: the output is non-finite or shaped {tuple(got.shape)} instead of ONNX Runtime's "
             f"{tuple(ref.shape)}"
         )
-    return {
-        **result.to_dict(),
-        "sample": source,
-        "reference": "onnxruntime CPUExecutionProvider, FP32 ONNX",
+    report: dict[str, Any] = {"final": final.to_dict()}
+    # Decoded (N, 4 + nc, anchors) predictions, position by position: no TopK ties to worry about.
+    a, b = (ref_decoded, got_decoded) if ref_decoded is not None and got_decoded is not None else (ref, got)
+    boxes, scores = (a[:, :4], b[:, :4]), (a[:, 4:], b[:, 4:])
+    report["decoded"] = {
+        "compared": "decoded" if a is ref_decoded else "final",
+        "max_rel": compare_outputs(a, b, end2end=False).max_rel if a is ref_decoded else final.max_rel,
+        "cosine_boxes": cosine_similarity(*boxes),
+        "cosine_scores": cosine_similarity(*scores),
     }
+    if precision == "int8":
+        worst = min(report["decoded"]["cosine_boxes"], report["decoded"]["cosine_scores"])
+        report.update({"criterion": "min_cosine", "value": worst, "limit": limit, "passed": worst >= limit})
+    else:
+        report.update(
+            {"criterion": "max_rel", "value": final.max_rel, "limit": limit, "passed": final.passed}
+        )
+    report["reference"] = "onnxruntime CPUExecutionProvider, FP32 ONNX"
+    return report
 
 
 # ------------------------------------------------------------------------------------ quantization stats
@@ -596,6 +633,7 @@ def export_openvino(
     subset_size: int | None = None,
     sample: np.ndarray | str | Path | None = None,
     tolerance: float | None = None,
+    min_cosine: float = DEFAULT_INT8_MIN_COSINE,
     imgsz: int | None = None,
     opset: int | None = None,
     overwrite: bool = False,
@@ -619,7 +657,9 @@ def export_openvino(
         subset_size: calibration batches NNCF uses; default all of them (300 if their number is unknown).
         sample: the parity-check input: an NCHW batch or an image path; default the first calibration batch,
             else Ultralytics' bus.jpg.
-        tolerance: largest ``max_rel`` difference from ONNX Runtime FP32 (default :data:`DEFAULT_TOLERANCE`).
+        tolerance: fp32/fp16: largest ``max_rel`` difference of the final output from ONNX Runtime FP32
+            (default :data:`DEFAULT_TOLERANCE`).
+        min_cosine: int8: smallest cosine similarity of the decoded boxes and scores with FP32's.
         imgsz, opset: only for a ``.pt`` source.
         overwrite: replace an existing ``out_dir``.
 
@@ -628,7 +668,7 @@ def export_openvino(
         ToolError: conversion, quantization, compilation or the parity check failed (nothing is written).
     """
     started = time.perf_counter()
-    if precision not in DEFAULT_TOLERANCE:
+    if precision not in ("fp32", "fp16", "int8"):
         raise InputError(f"precision must be fp32, fp16 or int8, got {precision!r}")
     settings, profile = _resolve_settings(profile_settings)
     if precision != "int8":
@@ -642,7 +682,10 @@ def export_openvino(
         )
     if subset_size is not None and subset_size < 1:
         raise InputError(f"subset_size must be >= 1, got {subset_size}")
-    tolerance = DEFAULT_TOLERANCE[precision] if tolerance is None else float(tolerance)
+    if precision == "int8":
+        limit = float(min_cosine)
+    else:
+        limit = DEFAULT_TOLERANCE[precision] if tolerance is None else float(tolerance)
     ov = _import_openvino()
 
     with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
@@ -699,11 +742,18 @@ def export_openvino(
             raise ToolError(f"OpenVINO cannot save the IR: {_first_line(exc)}") from exc
 
         batch, sample_source = _check_sample(sample, calib_source, facts.input_shape)
-        parity = _parity(ov, xml, facts, batch, sample_source, tolerance)
+        parity = _parity(ov, xml, facts, batch, precision, limit)
+        parity["sample"] = sample_source
         if not parity["passed"]:
+            what = (
+                f"its decoded predictions have cosine similarity {parity['value']:.3g} with FP32's, below "
+                f"{limit:g}"
+                if precision == "int8"
+                else f"it differs by {parity['value']:.3g} relative to the output scale, above {limit:g}"
+                f" ({parity['final']['unmatched']} detections without a counterpart)"
+            )
             raise ToolError(
-                f"the {precision} IR differs from ONNX Runtime FP32 by {parity['max_rel']:.3g} (relative to "
-                f"the output scale) on {sample_source}, above the tolerance {tolerance:g}"
+                f"the {precision} IR does not reproduce ONNX Runtime FP32 on {sample_source}: {what}"
             )
         result = OpenVinoExport(
             out_dir=Path(out_dir),

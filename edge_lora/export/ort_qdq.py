@@ -42,8 +42,6 @@ __all__ = ["QdqResult", "cosine_similarity", "qdq_stats", "quantize_qdq"]
 
 _METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
 _QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
-# MinMax keeps per-batch min/max outputs; merging every 16 batches bounds memory on large sets (same result).
-_CALIB_MERGE_EVERY = 16
 
 
 @dataclass(frozen=True)
@@ -432,8 +430,10 @@ def _run_quantize_static(
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     extra = policy.ort_extra_options()
-    if method == "MinMax":
-        extra["CalibMaxIntermediateOutputs"] = _CALIB_MERGE_EVERY
+    # No CalibMaxIntermediateOutputs: in onnxruntime 1.32 MinMaxCalibrater.collect_data() clears the collected
+    # outputs every N batches without folding them into the ranges, so only the last partial chunk would
+    # calibrate (and a set that is a multiple of N fails with "No data is collected"). MinMax keeps only
+    # ReduceMin/ReduceMax scalars per tensor and batch, so holding them all is cheap.
     reader = OrtCalibrationReader(calib, input_name, hw, batch)
     try:
         quantize_static(

@@ -1,0 +1,265 @@
+"""``export()``: one merged checkpoint -> the artifacts a target profile asks for (public API of
+``edge-lora export``). Validates first, then dispatches to one backend module per precision; each backend
+is imported only in its branch.
+
+Layout of ``out``::
+
+    onnx/model.onnx (+ .json)        the FP32 ONNX every backend starts from (always)
+    calibration/calibration.json     the calibration set, when INT8 is built and none was given
+    onnxruntime-int8/model.onnx      ORT: QDQ INT8 (policy from the profile: u8s8 Conv-only on x86)
+    openvino-<precision>/model.xml   OpenVINO IR (FP16 compressed / NNCF INT8)
+    tensorrt-<precision>/            TensorRT: the ONNX the engine is built from + build_plan.json + trtexec.sh
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edge_lora.errors import InputError, ToolError
+from edge_lora.fileio import check_output, sha256_file
+
+
+@dataclass
+class Artifact:
+    """One exported artifact."""
+
+    backend: str  # onnxruntime | openvino | tensorrt
+    precision: str  # fp32 | fp16 | int8
+    path: Path  # file the runner loads (.onnx, model.xml, or the TensorRT plan dir's model.onnx)
+    seconds: float
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def bytes(self) -> int:
+        """Size on disk (an OpenVINO IR counts its .bin too)."""
+        size = self.path.stat().st_size
+        if self.path.suffix == ".xml":
+            size += self.path.with_suffix(".bin").stat().st_size
+        return size
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form."""
+        return {
+            "backend": self.backend,
+            "precision": self.precision,
+            "path": str(self.path),
+            "bytes": self.bytes,
+            "seconds": round(self.seconds, 2),
+            "details": self.details,
+        }
+
+
+@dataclass
+class ExportResult:
+    """What ``export`` wrote."""
+
+    out: Path
+    target: str
+    model_sha256: str
+    fp32_onnx: Path
+    artifacts: list[Artifact]
+    calibration: Path | None
+    failures: dict[str, str]  # precision -> why it could not be built
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form."""
+        return {
+            "out": str(self.out),
+            "target": self.target,
+            "model_sha256": self.model_sha256,
+            "fp32_onnx": str(self.fp32_onnx),
+            "artifacts": [a.to_dict() for a in self.artifacts],
+            "calibration": str(self.calibration) if self.calibration else None,
+            "failures": self.failures,
+        }
+
+
+def _check_images(data: Path | None, n: int = 2) -> list[Path] | None:
+    if data is None:
+        return None
+    from edge_lora.data.checks import load_data_yaml
+
+    return sorted(load_data_yaml(data, splits=("val",), check_labels=False).splits["val"])[:n]
+
+
+def export(
+    model: str | Path,
+    target: str | Path,
+    out: str | Path,
+    *,
+    data: str | Path | None = None,
+    calib: str | Path | None = None,
+    precisions: list[str] | None = None,
+    overwrite: bool = False,
+) -> ExportResult:
+    """Export ``model`` (a merged Ultralytics checkpoint) for ``target``.
+
+    Args:
+        model: the checkpoint (any Ultralytics detection checkpoint works).
+        target: profile name, family or YAML file.
+        out: output folder (refused if it exists, unless ``overwrite``).
+        data: data YAML; its val images check each export, and INT8 calibrates on it when ``calib`` is None.
+        calib: a calibration set folder from ``edge-lora calib`` (INT8).
+        precisions: override the profile's precision chain (e.g. ``["fp32"]``).
+
+    Every precision of the chain is attempted; one that fails is reported in ``failures`` (the caller decides,
+    per the profile's fallbacks). FP32 ONNX failing is fatal.
+    """
+    from edge_lora.profiles import resolve_target
+
+    profile, _ = resolve_target(str(target))
+    model, out = Path(model), Path(out)
+    if not model.is_file():
+        raise InputError(f"--model {model} not found")
+    check_output(out, overwrite)
+    chain = precisions or profile.precision_chain()
+    if "int8" in chain and calib is None and data is None:
+        raise InputError(
+            f"target {profile.name} builds INT8: pass --data DATA.yaml or --calib DIR for calibration"
+        )
+    data = Path(data) if data else None
+    out.mkdir(parents=True, exist_ok=True)
+    model_sha = sha256_file(model)
+
+    from edge_lora.export.onnx_export import export_onnx
+
+    t0 = time.perf_counter()
+    fp32 = export_onnx(
+        model,
+        out / "onnx" / "model.onnx",
+        imgsz=profile.imgsz,
+        opset=profile.opset,
+        end2end=profile.output == "end2end",
+        batch=profile.batch,
+        max_det=profile.max_det,
+        check_images=_check_images(data),
+        profile=profile,
+        overwrite=True,
+    )
+    artifacts: list[Artifact] = []
+    failures: dict[str, str] = {}
+    fp32_seconds = time.perf_counter() - t0
+    if profile.backend == "onnxruntime" and "fp32" in chain:
+        artifacts.append(
+            Artifact("onnxruntime", "fp32", fp32.path, fp32_seconds, {"output_form": fp32.output_form})
+        )
+
+    calib_set = None
+    calib_dir: Path | None = None
+    if "int8" in chain:
+        from edge_lora.export.calibration import CalibrationSet, select_calibration
+
+        if calib is not None:
+            calib_set = CalibrationSet.load(calib)
+            calib_dir = Path(calib)
+        else:
+            recipe = profile.load_calibration() or profile.calibration or "default"
+            calib_dir = out / "calibration"
+            calib_set = select_calibration(data, recipe, calib_dir, overwrite=True)
+
+    for precision in chain:
+        if profile.backend == "onnxruntime" and precision == "fp32":
+            continue
+        start = time.perf_counter()
+        try:
+            artifacts.append(
+                _export_one(profile, precision, fp32.path, model, model_sha, calib_set, out, data, start)
+            )
+        except ToolError as e:
+            failures[precision] = str(e)
+    if not artifacts:
+        raise ToolError(
+            f"no artifact could be built for {profile.name}: "
+            + "; ".join(f"{k}: {v}" for k, v in failures.items())
+        )
+    return ExportResult(out, profile.name, model_sha, fp32.path, artifacts, calib_dir, failures)
+
+
+def _export_one(
+    profile,
+    precision: str,
+    fp32_onnx: Path,
+    model: Path,
+    model_sha: str,
+    calib_set,
+    out: Path,
+    data: Path | None,
+    start: float,
+) -> Artifact:
+    backend = profile.backend
+    if backend == "onnxruntime":
+        if precision != "int8":
+            raise ToolError(f"ONNX Runtime on {profile.name}: {precision} is not built for CPU providers")
+        from edge_lora.export.ort_qdq import quantize_qdq
+        from edge_lora.export.policy import QuantPolicy
+
+        res = quantize_qdq(
+            fp32_onnx,
+            out / "onnxruntime-int8" / "model.onnx",
+            calib_set,
+            QuantPolicy.from_profile(profile),
+            imgsz=profile.imgsz,
+            profile=profile,
+            source_checkpoint=model,
+            source_sha256=model_sha,
+            overwrite=True,
+        )
+        details = {
+            "quantize_nodes": res.quantize_nodes,
+            "quantized_convs": res.quantized_convs,
+            "float_convs": res.float_convs,
+            "activation_dtype": res.activation_dtype,
+        }
+        return Artifact("onnxruntime", "int8", res.path, time.perf_counter() - start, details)
+    if backend == "openvino":
+        from edge_lora.export.openvino_export import export_openvino
+
+        sample = _check_images(data, 1)
+        res = export_openvino(
+            fp32_onnx,
+            out / f"openvino-{precision}",
+            precision=precision,
+            calib=calib_set if precision == "int8" else None,
+            profile_settings=profile,
+            sample=sample[0] if sample else None,
+            overwrite=True,
+        )
+        return Artifact(
+            "openvino",
+            precision,
+            res.xml,
+            time.perf_counter() - start,
+            {"quantization": getattr(res, "quantization", None), "parity": getattr(res, "parity", None)},
+        )
+    if backend == "tensorrt":
+        from edge_lora.export.tensorrt_export import prepare_tensorrt
+
+        source = fp32_onnx
+        details: dict[str, Any] = {}
+        if precision == "int8":
+            from edge_lora.export.ort_qdq import quantize_qdq
+            from edge_lora.export.policy import QuantPolicy
+
+            qdq = quantize_qdq(
+                fp32_onnx,
+                out / "tensorrt-int8-qdq" / "model.onnx",
+                calib_set,
+                QuantPolicy.from_profile(profile),
+                imgsz=profile.imgsz,
+                profile=profile,
+                source_checkpoint=model,
+                source_sha256=model_sha,
+                overwrite=True,
+            )
+            source = qdq.path
+            details = {"quantize_nodes": qdq.quantize_nodes, "activation_dtype": qdq.activation_dtype}
+        plan = prepare_tensorrt(
+            source, out / f"tensorrt-{precision}", profile, precision=precision, overwrite=True
+        )
+        details["build_plan"] = str(plan.plan_path)
+        details["trtexec"] = str(plan.trtexec_path)
+        return Artifact("tensorrt", precision, plan.onnx_path, time.perf_counter() - start, details)
+    raise ToolError(f"unknown backend {backend}")
