@@ -252,6 +252,17 @@ def test_accuracy_control_runs(tmp_path, fp32_onnx, calib, images):
     assert result.quantization["accuracy_aware"] and result.quantization["fake_quantize_nodes"] > 0
 
 
+def test_checkpoint_source_is_exported_first(tmp_path, fp32_onnx, images):
+    profile = load_profile("intel-openvino").with_overrides({"imgsz": IMGSZ})
+    ckpt = fp32_onnx.parent / "merged.pt"
+    result = export_openvino(
+        ckpt, tmp_path / "ov", precision="fp32", profile_settings=profile, sample=images["val"][0]
+    )
+    assert result and result.source == ckpt and result.precision == "fp32"
+    assert sorted(p.name for p in result.out_dir.iterdir()) == ["metadata.yaml", "model.bin", "model.xml"]
+    assert yaml.safe_load(result.metadata_yaml.read_text())["end2end"] is True  # the profile's output form
+
+
 # ----------------------------------------------------------------------------------------------- inputs
 def test_refusals(tmp_path, fp32_onnx, exports, calib):
     with pytest.raises(InputError, match="calibration"):
@@ -267,9 +278,11 @@ def test_refusals(tmp_path, fp32_onnx, exports, calib):
     with pytest.raises(InputError, match="fp32, fp16 or int8"):
         export_openvino(fp32_onnx, tmp_path / "c", precision="bf16")
     with pytest.raises(InputError, match="backend"):
-        export_openvino(fp32_onnx, tmp_path / "d", profile_settings=load_profile("nvidia-gpu"))
+        export_openvino(
+            fp32_onnx, tmp_path / "d", precision="fp32", profile_settings=load_profile("nvidia-gpu")
+        )
     with pytest.raises(OutputExistsError):
-        export_openvino(fp32_onnx, exports("fp32").out_dir)
+        export_openvino(fp32_onnx, exports("fp32").out_dir, precision="fp32")
     with pytest.raises(InputError, match="shape"):
         export_openvino(
             fp32_onnx, tmp_path / "e", precision="int8", calib=[np.zeros((1, 3, 32, 32), np.float32)]

@@ -107,3 +107,164 @@ def engine_build_cmd(
 
 
 COMMANDS = [calib_cmd, export_cmd, engine_cmd]
+
+
+@click.command("build")
+@click.option("--base", type=click.Path(path_type=Path), help="Base checkpoint the adapters were trained on.")
+@click.option(
+    "--adapter",
+    "adapters",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Adapter folder (repeatable).",
+)
+@click.option(
+    "--target",
+    "targets",
+    multiple=True,
+    help="Profile, family (jetson, intel, cpu, rpi, gpu) or YAML (repeatable).",
+)
+@click.option(
+    "--targets-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="A file listing targets, one per line.",
+)
+@click.option(
+    "--data", type=click.Path(path_type=Path), help="Data YAML (val: validation, train: INT8 calibration)."
+)
+@click.option(
+    "--out",
+    default="dist",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Bundles folder.",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "fp16", "int8", "auto"]),
+    help="Override the profile's precision.",
+)
+@click.option(
+    "--cache", type=click.Path(file_okay=False, path_type=Path), help="Stage cache (default OUT/.cache)."
+)
+@click.option("--clean", is_flag=True, help="Drop the stage cache and start over.")
+@click.option("--archive", is_flag=True, help="Also write each bundle as .tar.gz.")
+@click.option("--max-images", type=int, help="Validate on the first N val images only.")
+@click.option("--runs", type=int, help="Timed latency runs (default: the profile's).")
+@click.option("--warmup", type=int, help="Warm-up runs (default: the profile's).")
+@click.option(
+    "--on-device",
+    "on_device",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Finish a bundle on its device instead: engine build (TensorRT), validate vs the bundled unmerged reference, bench.",
+)
+@options.json_out
+def build_cmd(
+    base,
+    adapters,
+    targets,
+    targets_file,
+    data,
+    out,
+    precision,
+    cache,
+    clean,
+    archive,
+    max_images,
+    runs,
+    warmup,
+    on_device,
+    json_path,
+) -> None:
+    """merge -> calibrate -> export/quantize -> validate vs the unmerged model -> deploy bundle, per (adapter, target)."""
+    from edge_lora.errors import InputError
+
+    if on_device is not None:
+        from edge_lora.on_device import finish_on_device
+
+        if data is None:
+            raise InputError("--on-device needs --data DATA.yaml (labelled images from the line)")
+        report = finish_on_device(on_device, data=data, runs=runs, warmup=warmup, max_images=max_images)
+        console.print(
+            f"on-device validation: {'PASS' if report['passed'] else 'FAIL'}; results in {report['out']}"
+        )
+        raise SystemExit(0 if report["passed"] else 1)
+    from edge_lora.build import build
+
+    targets = list(targets)
+    if targets_file:
+        targets += [
+            ln.strip()
+            for ln in targets_file.read_text().splitlines()
+            if ln.strip() and not ln.startswith("#")
+        ]
+    if base is None or data is None:
+        raise InputError("build needs --base, --adapter, --target and --data")
+    status = console.status("building...")
+    status.start()
+
+    def on_event(kind: str, d: dict) -> None:
+        if kind == "stage_start":
+            status.update(f"{d['stage']} ...")
+        elif kind == "stage_end":
+            tag = "[dim]cached[/dim]" if d["cached"] else f"{d['seconds']:.1f}s"
+            console.print(f"  {d['name']:<40} {tag:>14}  {d['verdict']}")
+
+    try:
+        result = build(
+            base=base,
+            adapters=list(adapters),
+            targets=targets,
+            data=data,
+            out=out,
+            cache=cache,
+            precision=precision,
+            clean=clean,
+            archive=archive,
+            max_images=max_images,
+            runs=runs,
+            warmup=warmup,
+            on_event=on_event,
+        )
+    finally:
+        status.stop()
+    table = Table(title="bundles", title_justify="left")
+    for c in (
+        "adapter",
+        "target",
+        "ships",
+        "mAP50-95 ref -> cand",
+        "agreement F1",
+        "e2e p50 ms",
+        "speedup",
+        "verdict",
+        "bundle",
+    ):
+        table.add_column(c, overflow="fold")
+    for b in result.bundles:
+        if b.target_message:
+            console.print(b.target_message, style="dim")
+        c = next(
+            (x for x in b.candidates if x["precision"] == b.chosen),
+            b.candidates[-1] if b.candidates else None,
+        )
+        table.add_row(
+            b.adapter,
+            b.target,
+            b.chosen or "-",
+            f"{c['ref_map50_95']:.4f} -> {c['map50_95']:.4f}" if c else "-",
+            f"{c['agreement_f1']:.4f}" if c else "-",
+            f"{c['e2e_p50_ms']:.1f}" if c else "-",
+            f"{c['speedup'] or 0:.1f}x" if c else "-",
+            "[green]PASS[/green]" if b.passed else "[red]FAIL[/red]",
+            str(b.bundle),
+        )
+    console.print(table)
+    if json_path:
+        atomic_write_json(
+            json_path, {"passed": result.passed, "bundles": [b.to_dict() for b in result.bundles]}
+        )
+    raise SystemExit(result.return_code)
+
+
+COMMANDS.append(build_cmd)

@@ -602,8 +602,14 @@ def _target_device(nncf: Any, device: str) -> Any:
 
 
 def _source_onnx(
-    source: Path, work: Path, profile: TargetProfile | None, imgsz: int | None, opset: int | None
+    source: Path,
+    work: Path,
+    profile: TargetProfile | None,
+    imgsz: int | None,
+    opset: int | None,
+    sample: Any,
 ) -> Path:
+    """The FP32 ONNX to convert: ``source`` itself, or ``source`` (a ``.pt``) exported into ``work``."""
     if not source.exists():
         raise InputError(f"{source} not found")
     if source.suffix.lower() == ".onnx":
@@ -615,9 +621,14 @@ def _source_onnx(
     imgsz = imgsz or (profile.imgsz if profile else None)
     if imgsz is None:
         raise InputError(f"exporting {source} to ONNX first needs imgsz (or a TargetProfile)")
-    opset = opset or (profile.opset if profile else 17)
+    shape: dict[str, Any] = {}
+    if profile is not None:
+        shape = {"end2end": profile.output == "end2end", "batch": profile.batch, "max_det": profile.max_det}
     out = work / "source.onnx"
-    export_onnx(source, out, imgsz=imgsz, opset=opset, half=False)
+    opset = opset or (profile.opset if profile else 17)
+    if isinstance(sample, (str, Path)):
+        shape["check_images"] = [sample]  # prove the ONNX on the same real image as the IR
+    export_onnx(source, out, imgsz=imgsz, opset=opset, half=False, write_sidecar=False, **shape)
     return out
 
 
@@ -625,7 +636,7 @@ def export_openvino(
     source: str | Path,
     out_dir: str | Path,
     *,
-    precision: Precision = "fp32",
+    precision: Precision,
     calib: Any = None,
     profile_settings: OpenVinoSettings | TargetProfile | None = None,
     ignored: IgnoredOps | None = None,
@@ -641,13 +652,14 @@ def export_openvino(
     """Convert the FP32 ONNX (or a merged ``.pt``, exported to ONNX first) to an OpenVINO IR folder.
 
     Args:
-        source: the FP32 ONNX, or a merged checkpoint (then ``imgsz``/``opset`` or a TargetProfile say how
-            to export it).
+        source: the FP32 ONNX, or a merged checkpoint (exported to ONNX first, in a temp folder, with
+            ``imgsz``/``opset`` or the TargetProfile's imgsz, opset, batch, output form and max_det).
         out_dir: output folder; it will hold ``model.xml``, ``model.bin`` and ``metadata.yaml``.
         precision: ``fp32``; ``fp16`` (weights stored as f16, what ``inference_precision_hint`` computes in
             is the device's business); ``int8`` (NNCF post-training quantization, needs ``calib``).
-        calib: INT8 calibration data: a CalibrationSet (``.batches(imgsz, batch)``) or a re-iterable of NCHW
-            float32 batches shaped like the model input.
+        calib: INT8 calibration data: a :class:`~edge_lora.export.calibration.CalibrationSet` (streamed
+            through its re-iterable ``iterable()`` view) or a re-iterable of NCHW float32 batches shaped like
+            the model input.
         profile_settings: the profile's ``openvino`` section, or the whole TargetProfile: NNCF preset,
             ignored op types, target device, whether accuracy control is required.
         ignored: what INT8 leaves float (see :class:`IgnoredOps`; default: head post-processing + the
@@ -691,7 +703,7 @@ def export_openvino(
     with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
         work = tmp / ".work"
         work.mkdir()
-        onnx_path = _source_onnx(Path(source), work, profile, imgsz, opset)
+        onnx_path = _source_onnx(Path(source), work, profile, imgsz, opset, sample)
         facts = _onnx_facts(onnx_path)
         if facts.has_qdq:
             raise InputError(

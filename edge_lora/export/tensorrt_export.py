@@ -465,6 +465,17 @@ def prepare_tensorrt(
         strongly_typed=strongly_typed,
     )
     reduced_weak = not flags["strongly_typed"] and (flags["fp16"] or flags["int8"])
+    notes = [info.keep_fp32_note] if reduced_weak and info.keep_fp32_note else []
+    if len(majors) > 1 and not flags["strongly_typed"]:
+        notes.append(
+            f"settings follow TensorRT {rules_major} rules; TensorRT 11+ (also admitted by {trt.version!r}) "
+            f"builds strongly typed only and ignores the precision flags"
+            + (
+                "; an fp16 engine there needs an FP16 ONNX"
+                if precision == "fp16" and not info.has_qdq
+                else ""
+            )
+        )
     onnx_sha = sha256_file(onnx_path)
     from edge_lora.runtime.base import normalize_metadata
 
@@ -496,7 +507,7 @@ def prepare_tensorrt(
             "rules": f"tensorrt{rules_major}" if rules_major < 11 else "tensorrt11",
             "fp32_layers": info.keep_fp32 if reduced_weak else [],
             "fp32_output_layers": info.keep_fp32_outputs if reduced_weak else [],
-            "fp32_layers_note": info.keep_fp32_note if reduced_weak else None,
+            "notes": notes,
             "precision_constraints": "prefer" if reduced_weak and info.keep_fp32 else None,
             "workspace_mib": trt.workspace_mib,
             "builder_optimization_level": trt.builder_optimization_level,
@@ -527,7 +538,8 @@ def prepare_tensorrt(
         atomic_write_text(tmp / TRTEXEC_NAME, _trtexec_script(data, command))
         os.chmod(tmp / TRTEXEC_NAME, 0o755)
         atomic_write_text(tmp / README_NAME, _readme(data))
-    return TensorRtPlan(final, data, _sha256_bytes(text.encode("utf-8")))
+    # What build_plan.json holds (JSON turns the metadata's int class ids into strings), as load() reads it.
+    return TensorRtPlan(final, json.loads(text), _sha256_bytes(text.encode("utf-8")))
 
 
 def _fmt_shape(shape: tuple[int | None, ...]) -> str:
@@ -759,11 +771,16 @@ def build_engine(
             f"this device has TensorRT {version}, the plan is for {plan.tensorrt_version!r} "
             f"(profile {plan.data['profile']['name']}); use a profile whose tensorrt.version includes {version}"
         )
+    major = int(version.split(".", 1)[0])
+    if major < 10:
+        raise ToolError(
+            f"TensorRT {version} is too old: edge-lora builds and runs engines with TensorRT >= 10 "
+            f"(JetPack 6.1 or newer on a Jetson)"
+        )
     fingerprint = _device_fingerprint(device)
     warnings = _check_device(plan, fingerprint, allow_other_device)
 
     build = plan.build
-    major = int(version.split(".", 1)[0])
     flags = build_settings(
         plan.precision,
         has_qdq=plan.data["onnx"]["has_qdq"],

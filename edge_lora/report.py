@@ -1,0 +1,152 @@
+"""The bundle's human report: ``report.md``, ``README.md`` and PNG plots (host side; matplotlib, Agg)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def _plots(folder: Path, candidates: list[dict[str, Any]], names: dict[int, str]) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    made = []
+    if not candidates:
+        return made
+    # Latency CDF per artifact vs the unmerged reference (percentile points of the end-to-end latency).
+    fig, ax = plt.subplots(figsize=(6, 4))
+    qs = ["min_ms", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "max_ms"]
+    ys = [0.0, 0.5, 0.9, 0.95, 0.99, 1.0]
+    ref = candidates[0]["report"]["reference"]["latency"]["e2e"]
+    ax.plot([ref[q] for q in qs], ys, "k--o", label="unmerged reference (PyTorch)")
+    for c in candidates:
+        lat = c["report"]["candidate"]["latency"]["e2e"]
+        ax.plot([lat[q] for q in qs], ys, "-o", label=f"{c['backend']} {c['precision']}")
+    ax.set_xscale("log")
+    ax.set_xlabel("end-to-end latency per image (ms, log)")
+    ax.set_ylabel("fraction of runs")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(folder / "latency_cdf.png", dpi=100)
+    plt.close(fig)
+    made.append("latency_cdf.png")
+    # Accuracy vs latency per precision.
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.scatter([ref["p50_ms"]], [candidates[0]["ref_map50_95"]], c="k", marker="s", label="reference")
+    for c in candidates:
+        ax.scatter(
+            [c["e2e_p50_ms"]],
+            [c["map50_95"]],
+            label=f"{c['precision']} ({'PASS' if c['passed'] else 'FAIL'})",
+        )
+    ax.set_xscale("log")
+    ax.set_xlabel("end-to-end p50 (ms, log)")
+    ax.set_ylabel("mAP50-95")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(folder / "accuracy_vs_latency.png", dpi=100)
+    plt.close(fig)
+    made.append("accuracy_vs_latency.png")
+    # Per-class AP: reference vs each candidate.
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ids = sorted(names)
+    width = 0.8 / (len(candidates) + 1)
+
+    def per_class(acc: dict[str, Any]) -> list[float]:
+        pc = acc.get("per_class", {})
+        return [float((pc.get(str(i)) or pc.get(i) or {}).get("ap50_95") or 0.0) for i in ids]
+
+    x = np.arange(len(ids))
+    ax.bar(
+        x, per_class(candidates[0]["report"]["reference"]["accuracy"]), width, label="reference", color="k"
+    )
+    for j, c in enumerate(candidates, start=1):
+        ax.bar(x + j * width, per_class(c["report"]["candidate"]["accuracy"]), width, label=c["precision"])
+    ax.set_xticks(x + width * len(candidates) / 2, [names[i] for i in ids], rotation=20)
+    ax.set_ylabel("AP50-95")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(folder / "per_class_ap.png", dpi=100)
+    plt.close(fig)
+    made.append("per_class_ap.png")
+    return made
+
+
+def write_report(
+    folder: Path,
+    *,
+    profile: Any,
+    candidates: list[dict[str, Any]],
+    chosen: dict[str, Any] | None,
+    stages: list[dict[str, Any]],
+    names: dict[int, str],
+) -> None:
+    """Write ``report.md``, ``README.md`` and ``plots/*.png`` into ``folder``."""
+    plots = folder / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    made = _plots(plots, candidates, names)
+    verdict = (
+        f"PASS: ships **{chosen['backend']} {chosen['precision']}**"
+        if chosen
+        else "FAIL: no precision passed the gates"
+    )
+    lines = [
+        f"# Build report: `{profile.name}`",
+        "",
+        f"Verdict: {verdict}",
+        "",
+        "| precision | mAP50-95 (ref) | mAP50-95 | agreement F1 | e2e p50 ms | e2e p99 ms | ref e2e p50 ms | speedup | gates |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for c in candidates:
+        lines.append(
+            f"| {c['backend']} {c['precision']} | {c['ref_map50_95']:.4f} | {c['map50_95']:.4f} | {c['agreement_f1']:.4f} | "
+            f"{c['e2e_p50_ms']:.2f} | {c['e2e_p99_ms']:.2f} | {c['ref_e2e_p50_ms']:.2f} | {c['speedup'] or 0:.2f}x | "
+            f"{'PASS' if c['passed'] else 'FAIL'} |"
+        )
+    if candidates and candidates[0]["report"]["latency_is_proxy"]:
+        lines += [
+            "",
+            f"Latency measured on the build host is a proxy ({candidates[0]['report']['proxy_reason']}); "
+            "latency gates are skipped here and must be confirmed on the device.",
+        ]
+    lines += [
+        "",
+        "## Gates of the shipped (or last tried) artifact",
+        "",
+        "| gate | status | value | threshold |",
+        "|---|---|---:|---:|",
+    ]
+    shown = chosen or (candidates[-1] if candidates else None)
+    for g in shown["report"]["gates"]["checks"] if shown else []:
+        status = "SKIP" if g.get("skipped") else ("PASS" if g.get("passed") else "FAIL")
+        lines.append(
+            f"| {g['name']} | {status} | {g.get('value')} | {g.get('comparator')} {g.get('threshold')} |"
+        )
+    lines += ["", "## Stages", "", "| stage | seconds | cached | verdict |", "|---|---:|---|---|"]
+    lines += [
+        f"| {s['name']} | {s['seconds']:.1f} | {'yes' if s['cached'] else 'no'} | {s['verdict']} |"
+        for s in stages
+    ]
+    lines += [""] + [f"![{m}](plots/{m})" for m in made]
+    (folder / "report.md").write_text("\n".join(lines) + "\n")
+    (folder / "README.md").write_text(
+        f"# Deploy bundle for `{profile.name}`\n\n"
+        "Everything the line needs: the model under `model/`, the unmerged reference under `reference/`, and\n"
+        "`manifest.json` with the sha256 of every file, the classes, thresholds and the validation verdict.\n\n"
+        "On the device (needs only `pip install edge-lora[runtime]`; no torch):\n\n"
+        "```bash\n"
+        "edge-lora verify .                       # every hash, the manifest schema\n"
+        + (
+            "edge-lora engine build model/tensorrt   # builds the TensorRT engine for this exact device\n"
+            if profile.backend == "tensorrt"
+            else ""
+        )
+        + "edge-lora run . --source /path/to/images --out results.jsonl\n"
+        "```\n\nSee `report.md` for accuracy, agreement and latency against the unmerged model.\n"
+    )
