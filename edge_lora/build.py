@@ -213,7 +213,7 @@ def build(
             emit("stage_end", asdict(rec))
             return folder, result
 
-        def do_merge(tmp: Path) -> dict:
+        def do_merge(tmp: Path, adapter: Path = adapter) -> dict:
             from edge_lora.merge import merge
 
             report = merge(base, adapter, tmp / "merged.pt", data=data)
@@ -232,7 +232,7 @@ def build(
             records = list(adapter_stages)
             end2end = profile.output == "end2end"
 
-            def do_reference(tmp: Path, profile=profile, end2end=end2end) -> dict:
+            def do_reference(tmp: Path, profile=profile, end2end=end2end, adapter=adapter) -> dict:
                 from edge_lora.export.unmerged import export_unmerged_onnx
 
                 path = export_unmerged_onnx(
@@ -260,7 +260,7 @@ def build(
                 records,
             )
 
-            def do_export(tmp: Path, profile=profile, target_arg=target_arg) -> dict:
+            def do_export(tmp: Path, profile=profile, target_arg=target_arg, merged_pt=merged_pt) -> dict:
                 from edge_lora.export.api import export
 
                 res = export(
@@ -292,7 +292,9 @@ def build(
             for art in ordered:
                 art_sha = sha256_file(art["path"])
 
-                def do_validate(tmp: Path, art=art, profile=profile, target_arg=target_arg) -> dict:
+                def do_validate(
+                    tmp: Path, art=art, profile=profile, target_arg=target_arg, adapter=adapter
+                ) -> dict:
                     from edge_lora.cli.device_cmds import render_markdown
                     from edge_lora.validate.compare import validate
 

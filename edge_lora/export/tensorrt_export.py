@@ -282,15 +282,24 @@ def _inspect_onnx(path: Path) -> _OnnxInfo:
 
     quant = [n for n in graph.node if n.op_type == "QuantizeLinear"]
     has_qdq = bool(quant) or any(n.op_type == "DequantizeLinear" for n in graph.node)
+    constants = {
+        n.output[0]: a.t
+        for n in graph.node
+        if n.op_type == "Constant"
+        for a in n.attribute
+        if a.name == "value"
+    }
     problem = None
     for n in quant:
-        zp = inits.get(n.input[2]) if len(n.input) > 2 and n.input[2] else None
-        if zp is None:
+        name = n.input[2] if len(n.input) > 2 else ""
+        zp = inits.get(name) or constants.get(name)
+        if not name:
             problem = f"QuantizeLinear '{n.name}' has no zero point (ONNX then quantizes to uint8)"
+        elif zp is None:
+            continue  # computed at run time: cannot be checked here; TensorRT's parser will say
         elif zp.data_type != onnx.TensorProto.INT8:
-            problem = (
-                f"QuantizeLinear '{n.name}' quantizes to {onnx.helper.tensor_dtype_to_np_dtype(zp.data_type)}"
-            )
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(zp.data_type)
+            problem = f"QuantizeLinear '{n.name}' quantizes to {dtype}"
         elif numpy_helper.to_array(zp).any():
             problem = f"QuantizeLinear '{n.name}' has a non-zero zero point (asymmetric)"
         if problem:
