@@ -388,9 +388,25 @@ def build(
 
 
 def _profile_file(profile: Any, tmp: Path, target_arg: str) -> str:
-    """The profile as a file the export/validate APIs can resolve (keeps --precision overrides)."""
+    """The profile as a file the export/validate APIs can resolve (keeps --precision overrides).
+
+    A calibration recipe given as a path relative to the user's profile is made absolute, since the copy
+    lives elsewhere.
+    """
+    import yaml
+
+    doc = yaml.safe_load(profile.to_yaml())
+    calib = doc.get("calibration")
+    base_dir = getattr(profile, "_calib_base", None)
+    if (
+        calib
+        and base_dir
+        and (calib.endswith((".yaml", ".yml")) or "/" in calib)
+        and not Path(calib).is_absolute()
+    ):
+        doc["calibration"] = str((Path(base_dir) / calib).resolve())
     path = tmp / "profile.yaml"
-    path.write_text(profile.to_yaml())
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return str(path)
 
 

@@ -57,6 +57,7 @@ from edge_lora.fileio import (
     atomic_write_text,
     check_output,
     dumps_json,
+    sha256_bytes,
     sha256_file,
 )
 from edge_lora.profiles import version_satisfies
@@ -189,7 +190,7 @@ class TensorRtPlan:
                 f"{plan_file} has schema_version {data.get('schema_version')!r}; this edge-lora reads "
                 f"{PLAN_SCHEMA_VERSION}: prepare the plan again with this version"
             )
-        plan = cls(plan_file.parent, data, _sha256_bytes(raw))
+        plan = cls(plan_file.parent, data, sha256_bytes(raw))
         onnx = plan.onnx_path
         if not onnx.is_file():
             raise ModelError(f"{onnx} is missing from the plan folder {plan.directory}")
@@ -200,12 +201,6 @@ class TensorRtPlan:
                 f"{data['onnx']['sha256'][:12]}…); prepare the plan again"
             )
         return plan
-
-
-def _sha256_bytes(data: bytes) -> str:
-    import hashlib
-
-    return hashlib.sha256(data).hexdigest()
 
 
 # ------------------------------------------------------------------------------------------ ONNX facts
@@ -548,7 +543,7 @@ def prepare_tensorrt(
         os.chmod(tmp / TRTEXEC_NAME, 0o755)
         atomic_write_text(tmp / README_NAME, _readme(data))
     # What build_plan.json holds (JSON turns the metadata's int class ids into strings), as load() reads it.
-    return TensorRtPlan(final, json.loads(text), _sha256_bytes(text.encode("utf-8")))
+    return TensorRtPlan(final, json.loads(text), sha256_bytes(text.encode("utf-8")))
 
 
 def _fmt_shape(shape: tuple[int | None, ...]) -> str:
@@ -805,7 +800,7 @@ def build_engine(
     header = json.dumps(metadata).encode("utf-8")
     blob = len(header).to_bytes(4, byteorder="little") + header + serialized
     atomic_write_bytes(out, blob)
-    engine_sha = _sha256_bytes(blob)
+    engine_sha = sha256_bytes(blob)
     seconds = round(time.perf_counter() - started, 3)
     names = [name for name in ("fp16", "int8") if flags[name]]
     sidecar = {

@@ -1,0 +1,167 @@
+"""build(): end to end on a tiny model for the CPU target; cache reuse; gate failure; unmerged reference."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from conftest import IMGSZ
+
+from edge_lora.bundle.pack import verify_bundle
+from edge_lora.cli.main import main
+
+
+def _profile(tmp_path: Path, name: str = "cpu-tiny", **gates) -> Path:
+    (tmp_path / "tiny-calib.yaml").write_text(
+        "schema_version: 1\nname: tiny\ndescription: test recipe\nnum_images: 8\nmin_images: 4\nsplit: train\n"
+        "selection: stratified\ndedupe: true\nseed: 0\nvalidation_images: 4\n"
+    )
+    lines = [
+        "extends: cpu-onnxruntime",
+        f"name: {name}",
+        f"imgsz: {IMGSZ}",
+        "calibration: tiny-calib.yaml",
+        "bench:",
+        "  warmup_runs: 1",
+        "  timed_runs: 10",
+    ]
+    if gates:
+        lines += ["gates:"] + [f"  {k}: {v}" for k, v in gates.items()]
+    path = tmp_path / f"{name}.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, base_ckpt, trained_adapter, demo_data):
+    work = tmp_path_factory.mktemp("build")
+    profile = _profile(work)
+    args = [
+        "build",
+        "--base",
+        str(base_ckpt),
+        "--adapter",
+        str(trained_adapter.out),
+        "--target",
+        str(profile),
+        "--data",
+        str(demo_data.line_b_yaml),
+        "--out",
+        str(work / "dist"),
+        "--runs",
+        "10",
+        "--warmup",
+        "1",
+        "--json",
+        str(work / "build.json"),
+    ]
+    first = CliRunner().invoke(main, args)
+    second = CliRunner().invoke(main, args)
+    return work, first, second, args
+
+
+def test_build_produces_a_verified_runnable_bundle(built, demo_data):
+    work, first, _, _ = built
+    assert first.exit_code == 0, first.output
+    summary = json.loads((work / "build.json").read_text())
+    bundle = Path(summary["bundles"][0]["bundle"])
+    assert summary["passed"] and summary["bundles"][0]["chosen"] in ("int8", "fp32")
+    assert verify_bundle(bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["status"] == "complete"
+    assert manifest["provenance"]["merged"]["sha256"] and manifest["validation"]["passed"]
+    assert (bundle / "reference" / "unmerged.onnx").is_file() and (bundle / "report.md").is_file()
+    assert len(list((bundle / "plots").glob("*.png"))) == 3
+    # the line runtime executes it, surviving a corrupt image in the stream
+    src = work / "frames"
+    shutil.copytree(demo_data.root / "line_b" / "images" / "val", src)
+    (src / "zz_corrupt.png").write_bytes(b"\x89PNG broken")
+    out = work / "run.jsonl"
+    res = CliRunner().invoke(main, ["run", str(bundle), "--source", str(src), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(lines) == 4 and all("verdict" in x for x in lines)
+
+
+def test_second_build_reuses_every_stage(built):
+    _, first, second, _ = built
+    assert second.exit_code == 0, second.output
+    for stage in ("merge:", "reference", "export:", "validate:"):
+        line = next(ln for ln in second.output.splitlines() if stage in ln)
+        assert "cached" in line, second.output
+
+
+def test_gate_failure_exits_1_and_leaves_a_failed_bundle(
+    tmp_path, base_ckpt, trained_adapter, demo_data, built
+):
+    work = built[0]
+    profile = _profile(tmp_path, name="cpu-impossible", min_speedup=1000.0)
+    res = CliRunner().invoke(
+        main,
+        [
+            "build",
+            "--base",
+            str(base_ckpt),
+            "--adapter",
+            str(trained_adapter.out),
+            "--target",
+            str(profile),
+            "--data",
+            str(demo_data.line_b_yaml),
+            "--out",
+            str(tmp_path / "dist"),
+            "--cache",
+            str(work / "dist" / ".cache"),
+            "--runs",
+            "10",
+            "--warmup",
+            "1",
+        ],
+    )
+    assert res.exit_code == 1, res.output
+    bundle = next((tmp_path / "dist").glob("*-cpu-impossible"))
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and "no precision passed" in manifest["failure_reason"]
+    assert not verify_bundle(bundle)  # failed bundles never look complete
+    run = CliRunner().invoke(
+        main, ["run", str(bundle), "--source", str(demo_data.root / "line_b" / "images" / "val")]
+    )
+    assert run.exit_code != 0
+
+
+def test_tampered_bundle_is_refused(built, tmp_path):
+    work = built[0]
+    bundle = next((work / "dist").glob("*-cpu-tiny"))
+    copy = tmp_path / bundle.name
+    shutil.copytree(bundle, copy)
+    model = copy / "model" / "model.onnx"
+    data = bytearray(model.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    model.write_bytes(bytes(data))
+    res = CliRunner().invoke(main, ["verify", str(copy)])
+    assert res.exit_code == 2 and "model/model.onnx" in res.output
+
+
+def test_unmerged_onnx_reference_matches_pytorch(tmp_path, base_ckpt, trained_adapter):
+    import numpy as np
+
+    from edge_lora.export.unmerged import export_unmerged_onnx
+    from edge_lora.runtime.onnxrt import OnnxRuntimeRunner
+    from edge_lora.validate.reference import TorchReferenceRunner
+
+    # Raw head output (no TopK): a random-init base has tied scores, which TopK may order either way.
+    path = export_unmerged_onnx(
+        base_ckpt, trained_adapter.out, tmp_path / "u.onnx", imgsz=IMGSZ, end2end=False
+    )
+    x = np.random.default_rng(0).random((1, 3, IMGSZ, IMGSZ), dtype=np.float32)
+    with (
+        OnnxRuntimeRunner(path) as ort,
+        TorchReferenceRunner(base_ckpt, trained_adapter.out, imgsz=IMGSZ, end2end=False) as ref,
+    ):
+        a, b = ort.infer(x)["output0"], ref.infer(x)["output0"]
+        assert ort.metadata["names"] == ref.metadata["names"]
+    assert a.shape == b.shape
+    assert np.abs(a - b).max() <= 1e-3 * max(np.abs(b).max(), 1.0)
