@@ -144,6 +144,7 @@ def build(
     out: str | Path,
     cache: str | Path | None = None,
     precision: str | None = None,
+    overrides: dict[str, Any] | None = None,
     clean: bool = False,
     archive: bool = False,
     max_images: int | None = None,
@@ -162,6 +163,7 @@ def build(
         cache: stage cache (default ``out/.cache``).
         precision: override the profile's precision (``auto`` builds every precision and ships the fastest
             that passes).
+        overrides: dotted profile fields to override on every target, e.g. ``{"imgsz": 320}``.
         clean: drop the cache first.
         max_images, runs, warmup: validation size and latency runs (default: all val images, profile's runs).
     """
@@ -178,6 +180,8 @@ def build(
     resolved = []
     for t in targets:
         profile, message = resolve_target(t)
+        if overrides:
+            profile = profile.with_overrides(overrides, origin="--set")
         if precision:
             profile = profile.with_overrides({"precision": precision, "fallbacks": []}, origin="--precision")
         resolved.append((t, profile, message))

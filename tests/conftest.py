@@ -7,11 +7,14 @@ once per test session.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("YOLO_OFFLINE", "1")  # Ultralytics: no update checks or telemetry from tests
+# Keep Ultralytics' settings.json out of the user's home: tests are hermetic in CI.
+os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="edge-lora-yolo-cfg-"))
 
 IMGSZ = 64
 REPO = Path(__file__).resolve().parents[1]

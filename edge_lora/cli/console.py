@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-console = Console(highlight=False)
+# Rich falls back to 80 columns when stdout is not a terminal (CI logs, `| tee`): tables would wrap badly.
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 150)
 
 
 def human_bytes(n: float) -> str:

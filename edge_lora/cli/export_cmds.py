@@ -145,6 +145,13 @@ COMMANDS = [calib_cmd, export_cmd, engine_cmd]
     help="Override the profile's precision.",
 )
 @click.option(
+    "--set",
+    "set_args",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a profile field on every target, e.g. imgsz=320 or gates.max_map_drop=0.5.",
+)
+@click.option(
     "--cache", type=click.Path(file_okay=False, path_type=Path), help="Stage cache (default OUT/.cache)."
 )
 @click.option("--clean", is_flag=True, help="Drop the stage cache and start over.")
@@ -167,6 +174,7 @@ def build_cmd(
     data,
     out,
     precision,
+    set_args,
     cache,
     clean,
     archive,
@@ -211,8 +219,12 @@ def build_cmd(
             console.print(f"  {d['name']:<40} {tag:>14}  {d['verdict']}")
 
     try:
+        from edge_lora.profiles import parse_override
+
+        overrides = dict(parse_override(s) for s in set_args)
         result = build(
             base=base,
+            overrides=overrides,
             adapters=list(adapters),
             targets=targets,
             data=data,
