@@ -39,6 +39,7 @@ from pydantic import (
 )
 
 from edge_lora.errors import ProfileError
+from edge_lora.schema import model_at, model_in
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
@@ -987,28 +988,6 @@ def _sha256_json(obj: Any) -> str:
 # --------------------------------------------------------------------------------------------------------
 
 
-def _model_in(annotation: Any) -> type[BaseModel] | None:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in get_args(annotation):
-        found = _model_in(arg)
-        if found is not None:
-            return found
-    return None
-
-
-def _model_at(root: type[BaseModel], loc: Sequence[str | int]) -> type[BaseModel] | None:
-    model: type[BaseModel] | None = root
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        field = model.model_fields.get(part) if model is not None else None
-        if field is None:
-            return None
-        model = _model_in(field.annotation)
-    return model
-
-
 def _dotted(loc: Sequence[str | int]) -> str:
     out = ""
     for part in loc:
@@ -1022,7 +1001,7 @@ def _describe(err: Mapping[str, Any], root: type[BaseModel]) -> str:
     if kind == "extra_forbidden":
         if root is TargetProfile and loc == ("extends",):
             return "extends only works in a profile file (it is resolved when the file is loaded)"
-        parent = _model_at(root, loc[:-1])
+        parent = model_at(root, loc[:-1])
         allowed = sorted(parent.model_fields) if parent is not None else []
         if root is TargetProfile and len(loc) == 1:
             allowed.append("extends")
@@ -1468,7 +1447,7 @@ def schema_fields(
             value = field.get_default(call_default_factory=True)
             default = "defaults" if isinstance(value, BaseModel) else json.dumps(value)
         rows.append((path, _type_str(field.annotation), default, field.description or ""))
-        sub = _model_in(field.annotation)
+        sub = model_in(field.annotation)
         if sub is not None:
             rows.extend(schema_fields(sub, prefix=f"{path}."))
     return rows

@@ -45,6 +45,7 @@ from pydantic import (
 
 from edge_lora.errors import EXIT_GATE_FAILED, EdgeLoraError, InputError
 from edge_lora.fileio import dumps_json, sha256_json
+from edge_lora.schema import model_at
 
 __all__ = [
     "BUNDLE_KIND",
@@ -477,28 +478,6 @@ class Manifest(_Strict):
 # --------------------------------------------------------------------------------------------------------
 
 
-def _model_in(annotation: Any) -> type[BaseModel] | None:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in getattr(annotation, "__args__", ()) or ():
-        found = _model_in(arg)
-        if found is not None:
-            return found
-    return None
-
-
-def _model_at(loc: Sequence[str | int]) -> type[BaseModel] | None:
-    model: type[BaseModel] | None = Manifest
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        field = model.model_fields.get(part) if model is not None else None
-        if field is None:
-            return None
-        model = _model_in(field.annotation)
-    return model
-
-
 def _dotted(loc: Sequence[str | int]) -> str:
     out = ""
     for part in loc:
@@ -515,7 +494,7 @@ def _describe(err: Mapping[str, Any]) -> str:
     loc = tuple(err["loc"])
     kind = err["type"]
     if kind == "extra_forbidden":
-        parent = _model_at(loc[:-1])
+        parent = model_at(Manifest, loc[:-1])
         allowed = sorted(parent.model_fields) if parent is not None else []
         close = difflib.get_close_matches(str(loc[-1]), allowed, n=1, cutoff=0.6)
         if close:

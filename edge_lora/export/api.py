@@ -178,6 +178,24 @@ def export(
     return ExportResult(out, profile.name, model_sha, fp32.path, artifacts, calib_dir, failures)
 
 
+def _qdq(profile, fp32_onnx: Path, out_path: Path, calib_set, model: Path, model_sha: str):
+    """INT8 QDQ under the profile's quantization policy (u8s8 for ORT on x86, s8s8 for TensorRT)."""
+    from edge_lora.export.ort_qdq import quantize_qdq
+    from edge_lora.export.policy import QuantPolicy
+
+    return quantize_qdq(
+        fp32_onnx,
+        out_path,
+        calib_set,
+        QuantPolicy.from_profile(profile),
+        imgsz=profile.imgsz,
+        profile=profile,
+        source_checkpoint=model,
+        source_sha256=model_sha,
+        overwrite=True,
+    )
+
+
 def _export_one(
     profile,
     precision: str,
@@ -193,20 +211,7 @@ def _export_one(
     if backend == "onnxruntime":
         if precision != "int8":
             raise ToolError(f"ONNX Runtime on {profile.name}: {precision} is not built for CPU providers")
-        from edge_lora.export.ort_qdq import quantize_qdq
-        from edge_lora.export.policy import QuantPolicy
-
-        res = quantize_qdq(
-            fp32_onnx,
-            out / "onnxruntime-int8" / "model.onnx",
-            calib_set,
-            QuantPolicy.from_profile(profile),
-            imgsz=profile.imgsz,
-            profile=profile,
-            source_checkpoint=model,
-            source_sha256=model_sha,
-            overwrite=True,
-        )
+        res = _qdq(profile, fp32_onnx, out / "onnxruntime-int8" / "model.onnx", calib_set, model, model_sha)
         details = {
             "quantize_nodes": res.quantize_nodes,
             "quantized_convs": res.quantized_convs,
@@ -240,19 +245,8 @@ def _export_one(
         source = fp32_onnx
         details: dict[str, Any] = {}
         if precision == "int8":
-            from edge_lora.export.ort_qdq import quantize_qdq
-            from edge_lora.export.policy import QuantPolicy
-
-            qdq = quantize_qdq(
-                fp32_onnx,
-                out / "tensorrt-int8-qdq" / "model.onnx",
-                calib_set,
-                QuantPolicy.from_profile(profile),
-                imgsz=profile.imgsz,
-                profile=profile,
-                source_checkpoint=model,
-                source_sha256=model_sha,
-                overwrite=True,
+            qdq = _qdq(
+                profile, fp32_onnx, out / "tensorrt-int8-qdq" / "model.onnx", calib_set, model, model_sha
             )
             source = qdq.path
             details = {"quantize_nodes": qdq.quantize_nodes, "activation_dtype": qdq.activation_dtype}
