@@ -251,7 +251,9 @@ def openvino_effective(xml: Path, profile: str) -> dict[str, Any]:
                 "EXECUTION_MODE_HINT",
             ):
                 try:
-                    props[key] = str(cm.get_property(key))
+                    text = str(cm.get_property(key))  # e.g. "<Type: 'bfloat16'>" -> "bfloat16"
+                    m = re.fullmatch(r"<Type: '(\w+)'>", text)
+                    props[key] = m.group(1) if m else text
                 except Exception as e:  # property not known to this plugin version
                     props[key] = f"unavailable ({type(e).__name__})"
     except Exception as e:

@@ -28,6 +28,7 @@ def finish_on_device(
     """Engine build (TensorRT), validation against the unmerged reference, bench; return a summary dict."""
     from edge_lora.bundle.pack import load_verified
     from edge_lora.cli.device_cmds import render_markdown
+    from edge_lora.profiles import list_recipes
     from edge_lora.validate.bench import bench
     from edge_lora.validate.compare import validate
 
@@ -46,7 +47,12 @@ def finish_on_device(
     out.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         profile_file = Path(tmp) / "profile.yaml"
-        profile_file.write_text(yaml.safe_dump(manifest.target.profile, sort_keys=False))
+        doc = dict(manifest.target.profile)
+        if doc.get("calibration") and doc["calibration"] not in list_recipes():
+            # A user recipe file lived on the build host; validation does not calibrate, but the schema wants
+            # an INT8 profile to name a recipe, so name a shipped one (provenance keeps the real one's hash).
+            doc["calibration"] = "default"
+        profile_file.write_text(yaml.safe_dump(doc, sort_keys=False))
         report = validate(
             candidate,
             data=data,

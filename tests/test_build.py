@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -165,3 +167,45 @@ def test_unmerged_onnx_reference_matches_pytorch(tmp_path, base_ckpt, trained_ad
         assert ort.metadata["names"] == ref.metadata["names"]
     assert a.shape == b.shape
     assert np.abs(a - b).max() <= 1e-3 * max(np.abs(b).max(), 1.0)
+
+
+_BLOCKER = """
+import importlib.abc, sys
+
+class _Blocked(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {"torch", "torchvision", "ultralytics"}:
+            raise ImportError(f"{name} is blocked: the device side must not need it")
+        return None
+
+sys.meta_path.insert(0, _Blocked())
+from edge_lora.cli.main import main
+try:
+    main(sys.argv[1:])
+except SystemExit as e:
+    sys.exit(e.code)
+"""
+
+
+def _device_cli(*args) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", _BLOCKER, *map(str, args)], capture_output=True, text=True, timeout=300
+    )
+
+
+def test_device_commands_run_without_torch(built, demo_data, tmp_path):
+    """verify, run, bench and build --on-device use only the torch-free runtime (torch/ultralytics blocked)."""
+    work = built[0]
+    bundle = next((work / "dist").glob("*-cpu-tiny"))
+    images = demo_data.root / "line_b" / "images" / "val"
+    for args in (
+        ["verify", bundle],
+        ["run", bundle, "--source", images, "--out", tmp_path / "r.jsonl"],
+        ["bench", bundle / "model" / "model.onnx", "--runs", "5", "--warmup", "1"],
+        ["build", "--on-device", bundle, "--data", demo_data.line_b_yaml, "--runs", "10", "--warmup", "1"],
+    ):
+        proc = _device_cli(*args)
+        assert proc.returncode == 0, f"{args[0]}: {proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+    on_device = json.loads((bundle.with_name(bundle.name + ".on-device") / "validation.json").read_text())
+    assert on_device["reference"]["name"].startswith("onnxruntime:unmerged")
+    assert on_device["agreement"]["f1"] >= 0.9
