@@ -178,6 +178,26 @@ def export(
     return ExportResult(out, profile.name, model_sha, fp32.path, artifacts, calib_dir, failures)
 
 
+def _accuracy_control(profile, data: Path | None, calib_set):
+    """NNCF accuracy-aware INT8 bounded by the profile's max mAP drop, scored by our evaluator on val images."""
+    from edge_lora.export.accuracy import labelled_images, map_validation_fn
+    from edge_lora.export.openvino_export import AccuracyControl
+
+    if data is None:
+        raise InputError(f"{profile.name} asks for accuracy-aware INT8: pass --data (labelled val images)")
+    recipe = profile.load_calibration()
+    limit = getattr(recipe, "validation_images", None) or 100
+    items = labelled_images(data, profile.imgsz, limit)
+    from edge_lora.data.checks import load_data_yaml
+
+    names = load_data_yaml(data, splits=("val",), check_labels=False).names
+    return AccuracyControl(
+        validation_data=items,
+        validation_fn=map_validation_fn(names, profile.output == "end2end"),
+        max_drop=profile.gates.max_map_drop / 100.0,  # gate in mAP points, NNCF metric on the 0-1 scale
+    )
+
+
 def _qdq(profile, fp32_onnx: Path, out_path: Path, calib_set, model: Path, model_sha: str):
     """INT8 QDQ under the profile's quantization policy (u8s8 for ORT on x86, s8s8 for TensorRT)."""
     from edge_lora.export.ort_qdq import quantize_qdq
@@ -223,6 +243,9 @@ def _export_one(
         from edge_lora.export.openvino_export import export_openvino
 
         sample = _check_images(data, 1)
+        control = None
+        if precision == "int8" and profile.openvino is not None and profile.openvino.accuracy_aware:
+            control = _accuracy_control(profile, data, calib_set)
         res = export_openvino(
             fp32_onnx,
             out / f"openvino-{precision}",
@@ -230,6 +253,7 @@ def _export_one(
             calib=calib_set if precision == "int8" else None,
             profile_settings=profile,
             sample=sample[0] if sample else None,
+            accuracy_control=control,
             overwrite=True,
         )
         return Artifact(
