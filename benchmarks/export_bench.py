@@ -283,6 +283,7 @@ def run_row(
         "explore": bool(spec.get("explore")),
         "profile": spec["profile"],
         "loadavg_start": [round(x, 2) for x in os.getloadavg()],
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
     if spec.get("explore"):
         source = done.get(spec["of"], {})

@@ -209,3 +209,84 @@ def test_device_commands_run_without_torch(built, demo_data, tmp_path):
     on_device = json.loads((bundle.with_name(bundle.name + ".on-device") / "validation.json").read_text())
     assert on_device["reference"]["name"].startswith("onnxruntime:unmerged")
     assert on_device["agreement"]["f1"] >= 0.9
+
+
+def test_jetson_build_on_host_is_a_proxy_bundle(tmp_path, base_ckpt, trained_adapter, demo_data, built):
+    """A Jetson target on this host: S8S8 QDQ validated in ONNX Runtime, latency gates skipped, plan shipped."""
+    work = built[0]
+    profile = _profile(tmp_path, name="jetson-tiny")
+    text = profile.read_text().replace("extends: cpu-onnxruntime", "extends: jetson-orin-nano")
+    text = text.replace("timed_runs: 10", "timed_runs: 100")  # the schema wants >= 100 runs behind a p99 gate
+    profile.write_text(text)
+    res = CliRunner().invoke(
+        main,
+        [
+            "build",
+            "--base",
+            str(base_ckpt),
+            "--adapter",
+            str(trained_adapter.out),
+            "--target",
+            str(profile),
+            "--data",
+            str(demo_data.line_b_yaml),
+            "--out",
+            str(tmp_path / "dist"),
+            "--cache",
+            str(work / "dist" / ".cache"),
+            "--runs",
+            "10",
+            "--warmup",
+            "1",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    bundle = next((tmp_path / "dist").glob("*-jetson-tiny"))
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    primary = manifest["artifacts"][0]
+    assert primary["backend"] == "tensorrt" and primary["precision"] == "int8"
+    assert primary["device_outputs"] == ["model/tensorrt/model.engine", "model/tensorrt/model.engine.json"]
+    assert (bundle / "model" / "tensorrt" / "trtexec.sh").is_file() and (
+        bundle / "model" / "tensorrt" / "build_plan.json"
+    ).is_file()
+    assert manifest["validation"]["latency_is_proxy"]
+    skipped = {g["name"] for g in manifest["validation"]["gates"] if g.get("skipped")}
+    assert {"max_p99_ms", "min_speedup"} <= skipped
+    assert any("engine build" in s for s in manifest["on_device_steps"])
+
+
+def test_precision_auto_ships_the_fastest_passing(tmp_path, base_ckpt, trained_adapter, demo_data, built):
+    work = built[0]
+    profile = _profile(tmp_path, name="cpu-auto")
+    res = CliRunner().invoke(
+        main,
+        [
+            "build",
+            "--base",
+            str(base_ckpt),
+            "--adapter",
+            str(trained_adapter.out),
+            "--target",
+            str(profile),
+            "--data",
+            str(demo_data.line_b_yaml),
+            "--out",
+            str(tmp_path / "dist"),
+            "--cache",
+            str(work / "dist" / ".cache"),
+            "--precision",
+            "auto",
+            "--runs",
+            "10",
+            "--warmup",
+            "1",
+            "--json",
+            str(tmp_path / "b.json"),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    b = json.loads((tmp_path / "b.json").read_text())["bundles"][0]
+    tried = {c["precision"]: c for c in b["candidates"]}
+    assert set(tried) == {"int8", "fp32"}  # ONNX Runtime on a CPU offers both; each was validated
+    passing = [c for c in tried.values() if c["passed"]]
+    assert b["chosen"] == min(passing, key=lambda c: c["model_p50_ms"])["precision"]
