@@ -19,7 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from edge_lora.errors import InputError, ToolError
-from edge_lora.fileio import check_output, sha256_file
+from edge_lora.fileio import atomic_output_dir, check_output, sha256_file
+
+# What each backend can build (a profile's schema enforces the same for its own chain).
+BACKEND_PRECISIONS = {
+    "onnxruntime": {"fp32", "int8"},
+    "openvino": {"fp32", "fp16", "int8"},
+    "tensorrt": {"fp32", "fp16", "int8"},
+}
 
 
 @dataclass
@@ -112,20 +119,55 @@ def export(
 
     profile, _ = resolve_target(str(target))
     model, out = Path(model), Path(out)
-    if not model.is_file():
-        raise InputError(f"--model {model} not found")
-    check_output(out, overwrite)
     chain = precisions or profile.precision_chain()
+    offered = BACKEND_PRECISIONS[profile.backend]
+    for p in chain:
+        if p not in offered:
+            raise InputError(
+                f"--precision {p}: {profile.backend} ({profile.name}) builds {', '.join(sorted(offered))}"
+            )
+    check_output(out, overwrite)
+    from edge_lora.models import load_detection_model
+
+    load_detection_model(model)  # a missing file or a non-detector fails here, before any work
     if "int8" in chain and calib is None and data is None:
         raise InputError(
             f"target {profile.name} builds INT8: pass --data DATA.yaml or --calib DIR for calibration"
         )
     data = Path(data) if data else None
-    out.mkdir(parents=True, exist_ok=True)
     model_sha = sha256_file(model)
+    # Everything is written into a temp folder renamed at the end: a failed export leaves nothing behind.
+    with atomic_output_dir(out, overwrite) as tmp:
+        result = _export_into(tmp, profile, chain, model, model_sha, data, calib)
+    return _relocated(result, tmp, out)
 
+
+def _relocated(result: ExportResult, tmp: Path, out: Path) -> ExportResult:
+    def move(p: Path | None) -> Path | None:
+        return None if p is None else Path(str(p).replace(str(tmp), str(out), 1))
+
+    for a in result.artifacts:
+        a.path = move(a.path)
+        a.details = {
+            k: (str(move(Path(v))) if isinstance(v, str) and v.startswith(str(tmp)) else v)
+            for k, v in a.details.items()
+        }
+    result.out, result.fp32_onnx, result.calibration = out, move(result.fp32_onnx), move(result.calibration)
+    return result
+
+
+def _export_into(
+    tmp: Path,
+    profile,
+    chain: list[str],
+    model: Path,
+    model_sha: str,
+    data: Path | None,
+    calib: str | Path | None,
+) -> ExportResult:
     from edge_lora.export.onnx_export import export_onnx
 
+    out = tmp
     t0 = time.perf_counter()
     fp32 = export_onnx(
         model,
