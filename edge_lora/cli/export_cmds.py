@@ -103,7 +103,14 @@ def engine_build_cmd(
     result = build_engine(
         plan, out, device=device, allow_other_device=allow_other_device, overwrite=overwrite
     )
-    console.print(f"engine: {getattr(result, 'engine', result)}")
+    fp = result.fingerprint
+    console.print(
+        f"engine: {result.engine} ({result.precision}, {'strongly typed' if result.strongly_typed else ' '.join(result.flags)}) "
+        f"in {result.seconds:.0f}s\nfingerprint: {fp.get('gpu_name')} sm {fp.get('compute_capability')}, "
+        f"TensorRT {fp.get('tensorrt_version')} -> {result.fingerprint_path}"
+    )
+    for w in result.warnings:
+        console.print(f"[yellow]warning[/yellow] {w}")
 
 
 COMMANDS = [calib_cmd, export_cmd, engine_cmd]
