@@ -193,6 +193,8 @@ def build(
     if clean and cache_dir.exists():
         shutil.rmtree(cache_dir)
     stages = StageCache(cache_dir)
+    # One PyTorch reference pass per (adapter, imgsz, data) for every candidate validated in this build.
+    reference_cache: dict[tuple, Any] = {}
     base_sha = sha256_file(base)
     results = []
     for adapter in map(Path, adapters):
@@ -311,6 +313,7 @@ def build(
                         max_images=max_images,
                         runs=runs,
                         warmup=warmup,
+                        reference_cache=reference_cache,
                     )
                     atomic_write_json(tmp / "validation.json", rep.to_dict())
                     (tmp / "report.md").write_text(render_markdown(rep))

@@ -2,79 +2,77 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+_CDF_POINTS = {"min_ms": 0.0, "p50_ms": 0.5, "p90_ms": 0.9, "p95_ms": 0.95, "p99_ms": 0.99, "max_ms": 1.0}
 
-def _plots(folder: Path, candidates: list[dict[str, Any]], names: dict[int, str]) -> list[str]:
+
+@contextmanager
+def _figure(path: Path, size: tuple[float, float], *, log_x: bool = False) -> Iterator[Any]:
+    """One matplotlib (Agg) figure: yields its axes, then adds the legend and grid and saves it to ``path``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=size)
+    try:
+        yield ax
+        if log_x:
+            ax.set_xscale("log")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+    finally:
+        plt.close(fig)
+
+
+def _plots(folder: Path, candidates: list[dict[str, Any]], names: dict[int, str]) -> list[str]:
     import numpy as np
 
-    made = []
     if not candidates:
-        return made
+        return []
+    reference = candidates[0]["report"]["reference"]
+    ref_e2e = reference["latency"]["e2e"]
     # Latency CDF per artifact vs the unmerged reference (percentile points of the end-to-end latency).
-    fig, ax = plt.subplots(figsize=(6, 4))
-    qs = ["min_ms", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "max_ms"]
-    ys = [0.0, 0.5, 0.9, 0.95, 0.99, 1.0]
-    ref = candidates[0]["report"]["reference"]["latency"]["e2e"]
-    ax.plot([ref[q] for q in qs], ys, "k--o", label="unmerged reference (PyTorch)")
-    for c in candidates:
-        lat = c["report"]["candidate"]["latency"]["e2e"]
-        ax.plot([lat[q] for q in qs], ys, "-o", label=f"{c['backend']} {c['precision']}")
-    ax.set_xscale("log")
-    ax.set_xlabel("end-to-end latency per image (ms, log)")
-    ax.set_ylabel("fraction of runs")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(folder / "latency_cdf.png", dpi=100)
-    plt.close(fig)
-    made.append("latency_cdf.png")
+    with _figure(folder / "latency_cdf.png", (6, 4), log_x=True) as ax:
+        ys = list(_CDF_POINTS.values())
+        ax.plot([ref_e2e[q] for q in _CDF_POINTS], ys, "k--o", label="unmerged reference (PyTorch)")
+        for c in candidates:
+            lat = c["report"]["candidate"]["latency"]["e2e"]
+            ax.plot([lat[q] for q in _CDF_POINTS], ys, "-o", label=f"{c['backend']} {c['precision']}")
+        ax.set_xlabel("end-to-end latency per image (ms, log)")
+        ax.set_ylabel("fraction of runs")
     # Accuracy vs latency per precision.
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.scatter([ref["p50_ms"]], [candidates[0]["ref_map50_95"]], c="k", marker="s", label="reference")
-    for c in candidates:
-        ax.scatter(
-            [c["e2e_p50_ms"]],
-            [c["map50_95"]],
-            label=f"{c['precision']} ({'PASS' if c['passed'] else 'FAIL'})",
-        )
-    ax.set_xscale("log")
-    ax.set_xlabel("end-to-end p50 (ms, log)")
-    ax.set_ylabel("mAP50-95")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(folder / "accuracy_vs_latency.png", dpi=100)
-    plt.close(fig)
-    made.append("accuracy_vs_latency.png")
+    with _figure(folder / "accuracy_vs_latency.png", (6, 4), log_x=True) as ax:
+        ax.scatter([ref_e2e["p50_ms"]], [candidates[0]["ref_map50_95"]], c="k", marker="s", label="reference")
+        for c in candidates:
+            verdict = "PASS" if c["passed"] else "FAIL"
+            ax.scatter([c["e2e_p50_ms"]], [c["map50_95"]], label=f"{c['precision']} ({verdict})")
+        ax.set_xlabel("end-to-end p50 (ms, log)")
+        ax.set_ylabel("mAP50-95")
     # Per-class AP: reference vs each candidate.
-    fig, ax = plt.subplots(figsize=(7, 4))
     ids = sorted(names)
-    width = 0.8 / (len(candidates) + 1)
 
     def per_class(acc: dict[str, Any]) -> list[float]:
         pc = acc.get("per_class", {})
         return [float((pc.get(str(i)) or pc.get(i) or {}).get("ap50_95") or 0.0) for i in ids]
 
-    x = np.arange(len(ids))
-    ax.bar(
-        x, per_class(candidates[0]["report"]["reference"]["accuracy"]), width, label="reference", color="k"
-    )
-    for j, c in enumerate(candidates, start=1):
-        ax.bar(x + j * width, per_class(c["report"]["candidate"]["accuracy"]), width, label=c["precision"])
-    ax.set_xticks(x + width * len(candidates) / 2, [names[i] for i in ids], rotation=20)
-    ax.set_ylabel("AP50-95")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(folder / "per_class_ap.png", dpi=100)
-    plt.close(fig)
-    made.append("per_class_ap.png")
-    return made
+    with _figure(folder / "per_class_ap.png", (7, 4)) as ax:
+        x = np.arange(len(ids))
+        width = 0.8 / (len(candidates) + 1)
+        ax.bar(x, per_class(reference["accuracy"]), width, label="reference", color="k")
+        for j, c in enumerate(candidates, start=1):
+            ax.bar(
+                x + j * width, per_class(c["report"]["candidate"]["accuracy"]), width, label=c["precision"]
+            )
+        ax.set_xticks(x + width * len(candidates) / 2, [names[i] for i in ids], rotation=20)
+        ax.set_ylabel("AP50-95")
+    return ["latency_cdf.png", "accuracy_vs_latency.png", "per_class_ap.png"]
 
 
 def write_report(

@@ -38,28 +38,22 @@ def _profile(tmp_path: Path, name: str = "cpu-tiny", **gates) -> Path:
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory, base_ckpt, trained_adapter, demo_data):
+def build_cli(base_ckpt, trained_adapter, demo_data):
+    """Arguments of one `edge-lora build` of the test adapter on line B, with short latency settings."""
+
+    def make(profile: Path, out: Path, *extra, cache: Path | None = None) -> list[str]:
+        args = ["build", "--base", base_ckpt, "--adapter", trained_adapter.out, "--target", profile]
+        args += ["--data", demo_data.line_b_yaml, "--out", out, "--runs", "10", "--warmup", "1", *extra]
+        return [str(a) for a in args + (["--cache", cache] if cache else [])]
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, build_cli):
     work = tmp_path_factory.mktemp("build")
     profile = _profile(work)
-    args = [
-        "build",
-        "--base",
-        str(base_ckpt),
-        "--adapter",
-        str(trained_adapter.out),
-        "--target",
-        str(profile),
-        "--data",
-        str(demo_data.line_b_yaml),
-        "--out",
-        str(work / "dist"),
-        "--runs",
-        "10",
-        "--warmup",
-        "1",
-        "--json",
-        str(work / "build.json"),
-    ]
+    args = build_cli(profile, work / "dist", "--json", work / "build.json")
     first = CliRunner().invoke(main, args)
     second = CliRunner().invoke(main, args)
     return work, first, second, args
@@ -96,33 +90,11 @@ def test_second_build_reuses_every_stage(built):
         assert "cached" in line, second.output
 
 
-def test_gate_failure_exits_1_and_leaves_a_failed_bundle(
-    tmp_path, base_ckpt, trained_adapter, demo_data, built
-):
+def test_gate_failure_exits_1_and_leaves_a_failed_bundle(tmp_path, build_cli, demo_data, built):
     work = built[0]
     profile = _profile(tmp_path, name="cpu-impossible", min_speedup=1000.0)
-    res = CliRunner().invoke(
-        main,
-        [
-            "build",
-            "--base",
-            str(base_ckpt),
-            "--adapter",
-            str(trained_adapter.out),
-            "--target",
-            str(profile),
-            "--data",
-            str(demo_data.line_b_yaml),
-            "--out",
-            str(tmp_path / "dist"),
-            "--cache",
-            str(work / "dist" / ".cache"),
-            "--runs",
-            "10",
-            "--warmup",
-            "1",
-        ],
-    )
+    args = build_cli(profile, tmp_path / "dist", cache=work / "dist" / ".cache")
+    res = CliRunner().invoke(main, args)
     assert res.exit_code == 1, res.output
     bundle = next((tmp_path / "dist").glob("*-cpu-impossible"))
     manifest = json.loads((bundle / "manifest.json").read_text())
@@ -211,35 +183,15 @@ def test_device_commands_run_without_torch(built, demo_data, tmp_path):
     assert on_device["agreement"]["f1"] >= 0.9
 
 
-def test_jetson_build_on_host_is_a_proxy_bundle(tmp_path, base_ckpt, trained_adapter, demo_data, built):
+def test_jetson_build_on_host_is_a_proxy_bundle(tmp_path, build_cli, built):
     """A Jetson target on this host: S8S8 QDQ validated in ONNX Runtime, latency gates skipped, plan shipped."""
     work = built[0]
     profile = _profile(tmp_path, name="jetson-tiny")
     text = profile.read_text().replace("extends: cpu-onnxruntime", "extends: jetson-orin-nano")
     text = text.replace("timed_runs: 10", "timed_runs: 100")  # the schema wants >= 100 runs behind a p99 gate
     profile.write_text(text)
-    res = CliRunner().invoke(
-        main,
-        [
-            "build",
-            "--base",
-            str(base_ckpt),
-            "--adapter",
-            str(trained_adapter.out),
-            "--target",
-            str(profile),
-            "--data",
-            str(demo_data.line_b_yaml),
-            "--out",
-            str(tmp_path / "dist"),
-            "--cache",
-            str(work / "dist" / ".cache"),
-            "--runs",
-            "10",
-            "--warmup",
-            "1",
-        ],
-    )
+    args = build_cli(profile, tmp_path / "dist", cache=work / "dist" / ".cache")
+    res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output
     bundle = next((tmp_path / "dist").glob("*-jetson-tiny"))
     manifest = json.loads((bundle / "manifest.json").read_text())
@@ -255,35 +207,19 @@ def test_jetson_build_on_host_is_a_proxy_bundle(tmp_path, base_ckpt, trained_ada
     assert any("engine build" in s for s in manifest["on_device_steps"])
 
 
-def test_precision_auto_ships_the_fastest_passing(tmp_path, base_ckpt, trained_adapter, demo_data, built):
+def test_precision_auto_ships_the_fastest_passing(tmp_path, build_cli, built):
     work = built[0]
     profile = _profile(tmp_path, name="cpu-auto")
-    res = CliRunner().invoke(
-        main,
-        [
-            "build",
-            "--base",
-            str(base_ckpt),
-            "--adapter",
-            str(trained_adapter.out),
-            "--target",
-            str(profile),
-            "--data",
-            str(demo_data.line_b_yaml),
-            "--out",
-            str(tmp_path / "dist"),
-            "--cache",
-            str(work / "dist" / ".cache"),
-            "--precision",
-            "auto",
-            "--runs",
-            "10",
-            "--warmup",
-            "1",
-            "--json",
-            str(tmp_path / "b.json"),
-        ],
+    args = build_cli(
+        profile,
+        tmp_path / "dist",
+        "--precision",
+        "auto",
+        "--json",
+        tmp_path / "b.json",
+        cache=work / "dist" / ".cache",
     )
+    res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output
     b = json.loads((tmp_path / "b.json").read_text())["bundles"][0]
     tried = {c["precision"]: c for c in b["candidates"]}

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from conftest import lively_checkpoint
 from onnx import numpy_helper
 
 from edge_lora.errors import InputError, ModelError, OutputExistsError, ProfileError, ToolError
@@ -27,25 +28,6 @@ from edge_lora.runtime.prepost import preprocess
 
 IMGSZ26 = 128
 IMGSZ11 = 64
-
-
-def _lively(model, images: list[np.ndarray]) -> None:
-    """Recalibrate BatchNorm on real images and zero the class biases, in place."""
-    import torch
-
-    x = torch.from_numpy(preprocess(images, IMGSZ26)[0])
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.reset_running_stats()
-            m.momentum = None  # cumulative average over the pass
-    model.train()
-    with torch.no_grad():
-        model(x)
-    model.eval()
-    head = model.model[-1]
-    for branch in (head.cv3, getattr(head, "one2one_cv3", None)):
-        for seq in branch or ():
-            seq[-1].bias.data.zero_()
 
 
 @pytest.fixture(scope="module")
@@ -64,16 +46,10 @@ def train_bgr(demo_data) -> list[np.ndarray]:
 
 @pytest.fixture(scope="module")
 def ckpt26(tmp_path_factory, base_ckpt, train_bgr) -> Path:
-    from edge_lora.models import load_detection_model, save_checkpoint
+    from edge_lora.models import load_detection_model
 
     model = load_detection_model(base_ckpt).model
-    _lively(model, train_bgr)
-    return save_checkpoint(
-        model,
-        tmp_path_factory.mktemp("ckpt26") / "merged.pt",
-        train_args={"imgsz": 64},
-        provenance={"kind": "test"},
-    )
+    return lively_checkpoint(model, train_bgr, tmp_path_factory.mktemp("ckpt26") / "merged.pt", imgsz=IMGSZ26)
 
 
 @pytest.fixture(scope="module")
@@ -82,18 +58,11 @@ def ckpt11(tmp_path_factory, train_bgr) -> Path:
     from ultralytics.nn.tasks import DetectionModel
 
     from edge_lora.data.synth import NAMES
-    from edge_lora.models import save_checkpoint
 
     torch.manual_seed(0)
     model = DetectionModel("yolo11n.yaml", nc=len(NAMES), verbose=False)
     model.names = dict(NAMES)
-    _lively(model, train_bgr)
-    return save_checkpoint(
-        model,
-        tmp_path_factory.mktemp("ckpt11") / "y11.pt",
-        train_args={"imgsz": 64},
-        provenance={"kind": "test"},
-    )
+    return lively_checkpoint(model, train_bgr, tmp_path_factory.mktemp("ckpt11") / "y11.pt", imgsz=IMGSZ26)
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ import numpy as np
 import openvino as ov
 import pytest
 import yaml
+from conftest import lively_checkpoint
 
 from edge_lora.errors import InputError, OutputExistsError
 from edge_lora.export.calibration import select_calibration
@@ -32,25 +33,6 @@ from edge_lora.runtime.prepost import preprocess
 IMGSZ = 64
 
 
-def _lively(model, images: list[np.ndarray]) -> None:
-    """Recalibrate BatchNorm on real images and zero the class biases, in place."""
-    import torch
-
-    x = torch.from_numpy(preprocess(images, IMGSZ)[0])
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.reset_running_stats()
-            m.momentum = None
-    model.train()
-    with torch.no_grad():
-        model(x)
-    model.eval()
-    head = model.model[-1]
-    for branch in (head.cv3, getattr(head, "one2one_cv3", None)):
-        for seq in branch or ():
-            seq[-1].bias.data.zero_()
-
-
 @pytest.fixture(scope="module")
 def images(demo_data) -> dict[str, list[Path]]:
     root = demo_data.root / "line_b" / "images"
@@ -61,13 +43,12 @@ def images(demo_data) -> dict[str, list[Path]]:
 def fp32_onnx(tmp_path_factory, base_ckpt, images) -> Path:
     import cv2
 
-    from edge_lora.models import load_detection_model, save_checkpoint
+    from edge_lora.models import load_detection_model
 
     model = load_detection_model(base_ckpt).model
-    _lively(model, [cv2.imread(str(p)) for p in images["train"]])
     folder = tmp_path_factory.mktemp("ov_src")
-    ckpt = save_checkpoint(
-        model, folder / "merged.pt", train_args={"imgsz": IMGSZ}, provenance={"kind": "test"}
+    ckpt = lively_checkpoint(
+        model, [cv2.imread(str(p)) for p in images["train"]], folder / "merged.pt", imgsz=IMGSZ
     )
     # end2end: YOLO26's NMS-free graph, so the INT8 test sees TopK/GatherElements post-processing too.
     return export_onnx(

@@ -65,6 +65,32 @@ def test_merged_fp32_agrees_with_unmerged_reference(
     json.dumps(report.to_dict())  # serialisable
 
 
+def test_reference_pass_is_reused_from_the_cache(
+    tmp_path, merged_onnx, base_ckpt, trained_adapter, demo_data
+):
+    cache: dict = {}
+    kwargs = dict(
+        data=demo_data.line_b_yaml,
+        target=_profile(tmp_path),
+        reference_base=base_ckpt,
+        reference_adapter=trained_adapter.out,
+        warmup=1,
+        runs=5,
+        reference_cache=cache,
+    )
+    first = validate(merged_onnx, **kwargs)
+    assert len(cache) == 1
+    (entry,) = cache.values()
+    second = validate(merged_onnx, **kwargs)
+    assert len(cache) == 1 and next(iter(cache.values())) is entry  # the reference did not run again
+    assert second.reference.latency["e2e"] == first.reference.latency["e2e"]
+    assert second.reference.accuracy == first.reference.accuracy
+    assert second.agreement.f1 == pytest.approx(1.0) and second.parity == first.parity
+    # other settings (here: fewer images) are another reference pass
+    validate(merged_onnx, **kwargs, max_images=2)
+    assert len(cache) == 2
+
+
 def test_gate_failure_exits_1(tmp_path, merged_onnx, base_ckpt, trained_adapter, demo_data):
     profile = _profile(tmp_path, min_speedup=1000.0)
     result = CliRunner().invoke(

@@ -137,10 +137,8 @@ def train(options: TrainOptions) -> TrainResult:
     n_total = sum(p.numel() for n, p in base.model.named_parameters())
 
     meta: dict[str, Any] = {
-        "base": _base_record(base),
-        "names": {str(k): v for k, v in data.names.items()},
+        **_run_record(base, data, options),
         "nc": len(data.names),
-        "imgsz": options.imgsz,
         "lora": {**settings.to_dict(), "target_modules": plan.targets, "scale": settings.scale},
         "excluded": plan.excluded,
         "head": {
@@ -154,9 +152,6 @@ def train(options: TrainOptions) -> TrainResult:
         ),
         "trainable_params": n_trainable,
         "total_params": n_total,
-        "data": _data_record(data),
-        "train": {k: v for k, v in options.ultralytics_overrides().items() if k != "data"},
-        "versions": versions(),
     }
 
     def write(ema_model: nn.Module, where: Path) -> None:
@@ -219,6 +214,18 @@ def train(options: TrainOptions) -> TrainResult:
     )
 
 
+def _run_record(base: Any, data: Any, options: TrainOptions) -> dict[str, Any]:
+    """What a training run started from, recorded the same way for adapters and full fine-tunes."""
+    return {
+        "base": _base_record(base),
+        "names": {str(k): v for k, v in data.names.items()},
+        "imgsz": options.imgsz,
+        "data": _data_record(data),
+        "train": {k: v for k, v in options.ultralytics_overrides().items() if k != "data"},
+        "versions": versions(),
+    }
+
+
 def _load_into(model: nn.Module, adapter_dir: Path) -> nn.Module:
     """A copy of the training model holding the tensors of ``adapter_dir`` (to rewrite it with final metadata)."""
     from peft.utils import set_peft_model_state_dict
@@ -260,15 +267,10 @@ def _train_full(options: TrainOptions, data: Any) -> TrainResult:
                 "kind": "edge-lora-model",
                 "schema_version": 1,
                 "mode": "full",
-                "base": _base_record(base),
-                "names": {str(k): v for k, v in data.names.items()},
-                "imgsz": options.imgsz,
-                "data": _data_record(data),
+                **_run_record(base, data, options),
                 "metrics": metrics,
                 "train_seconds": round(seconds, 2),
-                "train": {k: v for k, v in options.ultralytics_overrides().items() if k != "data"},
                 "files": {"model.pt": sha256_file(tmp / "model.pt")},
-                "versions": versions(),
             },
         )
         size = (tmp / "model.pt").stat().st_size

@@ -7,6 +7,7 @@ imported only when the reference is a checkpoint (+ adapter) rather than an expo
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import time
 from collections.abc import Iterator
@@ -34,6 +35,25 @@ from edge_lora.validate.metrics import (
 )
 
 EVAL_CONF = 0.001  # detections kept for mAP (as Ultralytics val); the deploy threshold only drives P/R/F1
+
+
+@dataclass
+class ReferencePass:
+    """The reference side of one validation (detections, raw outputs, latency), reusable for the next candidate."""
+
+    name: str
+    end2end: bool
+    images: list[str]
+    detections: list[Detections]
+    raw: list[np.ndarray]
+    latency: dict[str, LatencyStats]
+    load_time_s: float | None
+    peak_rss_mb: float | None
+
+
+ReferenceCache = dict[tuple, ReferencePass]
+"""Reference passes by (reference, images, imgsz, settings): a build validating several candidates against
+the same unmerged model runs it once. Keyed by path, so it must not outlive the files it describes."""
 
 
 @dataclass
@@ -232,11 +252,14 @@ def validate(
     runs: int | None = None,
     threads: int | None = None,
     progress: Any = None,
+    reference_cache: ReferenceCache | None = None,
 ) -> ValidationReport:
     """Validate ``candidate`` against the unmerged reference on ``data``'s val split for ``target``.
 
     The reference is ``reference_base`` (+ ``reference_adapter``) run in PyTorch, or ``reference_artifact``
-    (e.g. the unmerged model exported to ONNX) run by its torch-free runner.
+    (e.g. the unmerged model exported to ONNX) run by its torch-free runner. With ``reference_cache``, a
+    reference pass with the same inputs and settings is reused instead of run again (its latency then
+    comes from that earlier pass).
     """
     from edge_lora.data.checks import load_data_yaml
     from edge_lora.profiles import resolve_target
@@ -255,38 +278,57 @@ def validate(
     gates = profile.gates
     deploy_conf = gates.agreement_conf
 
-    cand_runner = load_runner(candidate, **runner_settings(profile, candidate))
-    if reference_artifact is not None:
-        ref_runner: Runner = load_runner(
-            reference_artifact, **runner_settings(profile, Path(reference_artifact))
+    if reference_artifact is None and reference_base is None:
+        raise InputError(
+            "validate needs a reference: --reference BASE.pt [--adapter DIR] or --reference UNMERGED.onnx"
         )
-    elif reference_base is not None:
+    ref_source = str(reference_artifact or reference_adapter or reference_base)
+    key = (
+        *(str(x) for x in (reference_artifact, reference_base, reference_adapter)),
+        tuple(map(str, paths)),
+        imgsz,
+        profile.max_det,
+        profile.backend if reference_artifact is not None else "torch",
+        warmup,
+        runs,
+        threads,
+        deploy_conf,
+    )
+    cached = reference_cache.get(key) if reference_cache is not None else None
+    cand_runner = load_runner(candidate, **runner_settings(profile, candidate))
+    ref_runner: Runner | None = None
+    if cached is None and reference_artifact is not None:
+        ref_runner = load_runner(reference_artifact, **runner_settings(profile, Path(reference_artifact)))
+    elif cached is None:
         from edge_lora.validate.reference import TorchReferenceRunner
 
         ref_runner = TorchReferenceRunner(
             reference_base, reference_adapter, imgsz=imgsz, max_det=profile.max_det, threads=threads
         )
-    else:
-        raise InputError(
-            "validate needs a reference: --reference BASE.pt [--adapter DIR] or --reference UNMERGED.onnx"
-        )
 
     skipped: list[str] = []
-    gts, sizes, cand_dets, ref_dets = [], [], [], []
+    gts, sizes, cand_dets, ref_dets, ref_raws, read = [], [], [], [], [], []
     parity = ParityAccumulator()
-    with cand_runner, ref_runner:
+    with cand_runner, ref_runner or contextlib.nullcontext():
         check_artifact_fits(cand_runner, names, imgsz, str(candidate))
-        check_artifact_fits(ref_runner, names, imgsz, ref_runner.name)
-        if bool(cand_runner.metadata.get("end2end")) != bool(ref_runner.metadata.get("end2end")):
+        if ref_runner is not None:
+            check_artifact_fits(ref_runner, names, imgsz, ref_runner.name)
+        ref_end2end = cached.end2end if cached else bool(ref_runner.metadata.get("end2end"))  # type: ignore[union-attr]
+        if bool(cand_runner.metadata.get("end2end")) != ref_end2end:
             raise InputError(
                 f"{candidate}: output form differs from the reference (end-to-end vs raw); export both the same way"
             )
-        for path, img in _read_images(paths, skipped):
+        for i, (path, img) in enumerate(_read_images(paths, skipped)):
             h, w = img.shape[:2]
             gts.append(read_yolo_labels(_label(path), w, h))
             sizes.append((w, h))
+            read.append(str(path))
             c, c_raw = _detect(cand_runner, [img], imgsz, EVAL_CONF, nc, profile.max_det)
-            r, r_raw = _detect(ref_runner, [img], imgsz, EVAL_CONF, nc, profile.max_det)
+            if cached is not None:
+                r, r_raw = cached.detections[i : i + 1], cached.raw[i]
+            else:
+                r, r_raw = _detect(ref_runner, [img], imgsz, EVAL_CONF, nc, profile.max_det)  # type: ignore[arg-type]
+                ref_raws.append(r_raw)
             cand_dets.extend(c)
             ref_dets.extend(r)
             if c_raw.shape == r_raw.shape:
@@ -295,26 +337,42 @@ def validate(
                 progress()
         if not gts:
             raise DataError(f"{data}: no val image could be decoded ({len(skipped)} skipped)")
+        if cached is not None and cached.images != read:
+            raise DataError(f"{data}: the val images changed since the cached reference pass; validate again")
         cand_lat = measure_latency(
             cand_runner, paths, imgsz, warmup=warmup, runs=runs, nc=nc, conf=deploy_conf
         )
         cand_rss = peak_rss_mb()
-        ref_lat = measure_latency(
-            ref_runner,
-            paths,
-            imgsz,
-            warmup=min(warmup, 10),
-            runs=max(min(runs, 50), 1),
-            nc=nc,
-            conf=deploy_conf,
-        )
-        ref_rss = peak_rss_mb()
+        if cached is None:
+            assert ref_runner is not None
+            # The reference is slow (PyTorch): fewer runs, enough for the p50 the speedup is computed from.
+            ref_lat = measure_latency(
+                ref_runner,
+                paths,
+                imgsz,
+                warmup=min(warmup, 10),
+                runs=max(min(runs, 50), 1),
+                nc=nc,
+                conf=deploy_conf,
+            )
+            cached = ReferencePass(
+                ref_runner.name,
+                ref_end2end,
+                read,
+                ref_dets,
+                ref_raws,
+                ref_lat,
+                ref_runner.load_time_s,
+                peak_rss_mb(),
+            )
+            if reference_cache is not None:
+                reference_cache[key] = cached
 
     cand_acc = evaluate_detections(gts, cand_dets, names, deploy_conf=deploy_conf, image_sizes=sizes)
     ref_acc = evaluate_detections(gts, ref_dets, names, deploy_conf=deploy_conf, image_sizes=sizes)
     agree = agreement(ref_dets, cand_dets, iou=gates.agreement_iou, conf=deploy_conf)
     proxy, why = latency_is_proxy(profile.family, profile.backend, artifact_backend(candidate))
-    sp = speedup(ref_lat["e2e"], cand_lat["e2e"], key="p50")
+    sp = speedup(cached.latency["e2e"], cand_lat["e2e"], key="p50")
     gate_values = {k: getattr(gates, k) for k in KNOWN_GATES if hasattr(gates, k)}
     report = evaluate_gates(
         gate_values,
@@ -331,12 +389,7 @@ def validate(
             cand_runner.name, str(candidate), cand_acc, cand_lat, cand_runner.load_time_s, cand_rss
         ),
         reference=SideResult(
-            ref_runner.name,
-            str(reference_artifact or reference_adapter or reference_base),
-            ref_acc,
-            ref_lat,
-            ref_runner.load_time_s,
-            ref_rss,
+            cached.name, ref_source, ref_acc, cached.latency, cached.load_time_s, cached.peak_rss_mb
         ),
         agreement=agree,
         parity=summary.to_dict() if summary is not None and hasattr(summary, "to_dict") else {},

@@ -28,7 +28,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
@@ -319,6 +319,26 @@ def _count_matches(
 # --------------------------------------------------------------------------------------------------
 
 
+_R = TypeVar("_R", bound="_PerClassJson")
+
+
+class _PerClassJson:
+    """JSON round trip of a result dataclass whose ``per_class`` maps class ids to ``_class_entry``."""
+
+    _class_entry: ClassVar[type]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form (class ids become string keys when dumped by ``json``)."""
+        return asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls: type[_R], data: dict[str, Any]) -> _R:
+        """Inverse of :meth:`to_dict`; accepts the string class-id keys that JSON produces."""
+        data = dict(data)
+        data["per_class"] = {int(k): cls._class_entry(**v) for k, v in data["per_class"].items()}
+        return cls(**data)
+
+
 @dataclass
 class ClassAccuracy:
     """Accuracy of one class. ``None`` means undefined (see :class:`AccuracyResult`)."""
@@ -344,7 +364,7 @@ _CLASS_SCALARS = ("ap50_95", "ap50", "precision", "recall", "f1", "tp", "fp", "f
 
 
 @dataclass
-class AccuracyResult:
+class AccuracyResult(_PerClassJson):
     """Detection accuracy of one model on one labelled image set.
 
     ``map50_95`` / ``map50`` are fractions in 0..1 (multiply by 100 for "mAP points"). The AP values
@@ -372,17 +392,7 @@ class AccuracyResult:
     n_predictions: int
     max_dets: int = COCO_MAX_DETS
     evaluator: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain-JSON form (class ids become string keys when dumped by ``json``)."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> AccuracyResult:
-        """Inverse of :meth:`to_dict`; accepts the string class-id keys that JSON produces."""
-        data = dict(data)
-        data["per_class"] = {int(k): ClassAccuracy(**v) for k, v in data["per_class"].items()}
-        return cls(**data)
+    _class_entry: ClassVar[type] = ClassAccuracy
 
     def delta(self, other: AccuracyResult) -> dict[str, Any]:
         """``self - other`` for every scalar and per-class value: call as ``candidate.delta(reference)``.
@@ -614,7 +624,7 @@ class ClassAgreement:
 
 
 @dataclass
-class AgreementResult:
+class AgreementResult(_PerClassJson):
     """How well the candidate's detections reproduce the reference's, treating the reference as truth.
 
     TP = candidate box matched to a reference box (same class, IoU >= ``iou``, greedy, highest
@@ -639,22 +649,12 @@ class AgreementResult:
     per_class: dict[int, ClassAgreement]
     mean_iou: float | None
     mean_abs_score_diff: float | None
+    _class_entry: ClassVar[type] = ClassAgreement
 
     @property
     def identical_fraction(self) -> float:
         """Share of images with identical detection sets (1.0 for an empty set of images)."""
         return self.identical_images / self.n_images if self.n_images else 1.0
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain-JSON form."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> AgreementResult:
-        """Inverse of :meth:`to_dict`."""
-        data = dict(data)
-        data["per_class"] = {int(k): ClassAgreement(**v) for k, v in data["per_class"].items()}
-        return cls(**data)
 
 
 def agreement(
