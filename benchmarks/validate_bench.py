@@ -2,7 +2,7 @@
 (issue: torch-free runtime, validation against the unmerged model, on-device benchmark).
 
 Adapter: an adapter trained by benchmarks/lora_vs_full.py (default its lora8). Artifacts: ONNX FP32 and ONNX
-INT8 (cpu-onnxruntime) and OpenVINO INT8 (intel-openvino), imgsz 640, each validated with `validate()` on
+INT8 (cpu-onnxruntime) and OpenVINO INT8 and BF16 (intel-openvino), imgsz 640, each validated with `validate()` on
 newboards val against base + adapter run unmerged in PyTorch — one preprocessing, one evaluator.
 
     python benchmarks/validate_bench.py [--adapter DIR] [--max-images N] [--runs 100]
@@ -24,7 +24,12 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 BASE = SHARED / "models" / "deeppcb-base-yolo26n.pt"
 DATA = SHARED / "datasets" / "deeppcb" / "newboards.yaml"
-ROWS = [("cpu-onnxruntime", "fp32"), ("cpu-onnxruntime", "int8"), ("intel-openvino", "int8")]
+ROWS = [
+    ("cpu-onnxruntime", "fp32"),
+    ("cpu-onnxruntime", "int8"),
+    ("intel-openvino", "int8"),
+    ("intel-openvino", "bf16"),
+]
 
 
 def markdown(report: dict) -> str:
@@ -93,6 +98,7 @@ def main() -> None:
         "goals": {},
     }
     exports: dict[str, object] = {}
+    reference_cache: dict = {}  # base + adapter run once in PyTorch for all rows
     for target, precision in ROWS:
         name = f"{target} {precision}"
         print(f"== {name}", flush=True)
@@ -112,6 +118,7 @@ def main() -> None:
                 max_images=args.max_images,
                 runs=args.runs,
                 warmup=args.warmup,
+                reference_cache=reference_cache,
             )
         except Exception as e:  # a benchmark row reports its failure and the others still run
             report["rows"].append({"name": name, "error": f"{type(e).__name__}: {e}".splitlines()[0]})

@@ -290,7 +290,9 @@ def build(
             )
             candidates, chosen = [], None
             auto = profile.precision == "auto"
-            order = profile.precision_chain() if profile.precision != "auto" else ["int8", "fp16", "fp32"]
+            order = (
+                profile.precision_chain() if profile.precision != "auto" else ["int8", "fp16", "bf16", "fp32"]
+            )
             ordered = sorted(
                 exported["artifacts"],
                 key=lambda a: order.index(a["precision"]) if a["precision"] in order else 9,

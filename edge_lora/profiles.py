@@ -76,8 +76,8 @@ SCHEMA_VERSION = 1
 
 Family = Literal["cpu", "intel", "jetson", "gpu", "rpi"]
 Backend = Literal["onnxruntime", "openvino", "tensorrt"]
-Precision = Literal["fp32", "fp16", "int8", "auto"]
-ConcretePrecision = Literal["fp32", "fp16", "int8"]
+Precision = Literal["fp32", "fp16", "bf16", "int8", "auto"]
+ConcretePrecision = Literal["fp32", "fp16", "bf16", "int8"]
 
 FAMILIES: tuple[str, ...] = get_args(Family)
 BACKENDS: tuple[str, ...] = get_args(Backend)
@@ -93,7 +93,7 @@ FAMILY_DEFAULTS: dict[str, str] = {
 
 # Lower rank = less precise. Fallbacks must climb this ladder: they are taken when a build or the accuracy
 # gate fails, and a less precise attempt can only be less accurate.
-_PRECISION_RANK: dict[str, int] = {"int8": 0, "fp16": 1, "fp32": 2}
+_PRECISION_RANK: dict[str, int] = {"int8": 0, "fp16": 1, "bf16": 1, "fp32": 2}
 
 # Backends a family's hardware can run. TensorRT needs an NVIDIA GPU; OpenVINO has no NVIDIA GPU plugin.
 _FAMILY_BACKENDS: dict[str, tuple[str, ...]] = {
@@ -638,13 +638,15 @@ class TargetProfile(_Document):
         description="Runtime the model is exported for: onnxruntime, openvino or tensorrt."
     )
     precision: Precision = Field(
-        description="Precision to build first: fp32, fp16, int8, or auto (int8, then the backend's best "
-        "float precision; see precision_chain)."
+        description="Precision to build first: fp32, fp16, int8, bf16 (OpenVINO CPU only: the FP32 IR computed "
+        "in bfloat16, fast on CPUs with AVX512-BF16 or AMX), or auto (int8, then the backend's best float "
+        "precisions; see precision_chain)."
     )
     fallbacks: list[ConcretePrecision] = Field(
         default_factory=list,
         description="Precisions tried in order when the build or a gate fails, each more precise than the "
-        "one before (int8 -> [fp16, fp32]); empty with precision auto.",
+        "one before (int8 -> [fp16, fp32], or int8 -> [bf16, fp32] on OpenVINO CPU); empty with precision "
+        "auto.",
     )
     imgsz: int = Field(
         640,
@@ -757,7 +759,7 @@ class TargetProfile(_Document):
             for i, fb in enumerate(self.fallbacks):
                 if _PRECISION_RANK[fb] <= _PRECISION_RANK[previous]:
                     msg = f"{fb} after {previous}: each fallback must be more precise than the one before"
-                    add(f"fallbacks[{i}]", msg + " (int8 < fp16 < fp32)")
+                    add(f"fallbacks[{i}]", msg + " (int8 < fp16 or bf16 < fp32)")
                     break
                 previous = fb
 
@@ -777,6 +779,13 @@ class TargetProfile(_Document):
                 "kernels are fp32/int8); use fp32 or int8, or list a GPU provider",
             )
         ov = self.openvino
+        if "bf16" in chain and (self.backend != "openvino" or (ov is not None and ov.device != "CPU")):
+            where = self.backend if self.backend != "openvino" else f"OpenVINO {ov.device if ov else ''}"
+            add(
+                "precision" if self.precision == "bf16" else "fallbacks",
+                f"bf16 is an OpenVINO CPU precision (AVX512-BF16/AMX), not for {where.strip()}; "
+                "use fp16 or fp32",
+            )
         if ov is not None and "fp32" in chain and ov.inference_precision_hint != "f32":
             add(
                 "openvino.inference_precision_hint",
@@ -848,14 +857,17 @@ class TargetProfile(_Document):
         """Precisions to try, in order: ``precision`` then ``fallbacks``, with ``auto`` expanded.
 
         ``auto`` means int8, then the backend's best float: fp16 on TensorRT, on OpenVINO GPU/NPU/AUTO and on
-        ONNX Runtime with a GPU provider; fp32 otherwise.
+        ONNX Runtime with a GPU provider; bf16 then fp32 on OpenVINO CPU (bf16 is only faster on CPUs with
+        AVX512-BF16 or AMX, which the measurement decides); fp32 otherwise.
         """
         if self.precision != "auto":
             return [self.precision, *self.fallbacks]
         if self.backend == "tensorrt":
             best: ConcretePrecision = "fp16"
         elif self.backend == "openvino":
-            best = "fp32" if self.openvino is None or self.openvino.device == "CPU" else "fp16"
+            if self.openvino is None or self.openvino.device == "CPU":
+                return ["int8", "bf16", "fp32"]
+            best = "fp16"
         else:
             eps = self.onnxruntime.execution_providers if self.onnxruntime else []
             best = "fp16" if _ORT_FP16_PROVIDERS.intersection(eps) else "fp32"

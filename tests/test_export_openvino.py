@@ -141,6 +141,38 @@ def test_fp16_ir_has_half_weights_and_runs(exports, images):
 
 
 # ------------------------------------------------------------------------------------------------ INT8
+# ------------------------------------------------------------------------------------------------ BF16
+def test_bf16_ir_records_its_precision_and_runs_in_it(exports, fp32_onnx, images):
+    from edge_lora.profiles import load_profile
+    from edge_lora.runtime.openvino_rt import recorded_inference_precision
+    from edge_lora.validate.compare import runner_settings
+
+    fp32, bf16 = exports("fp32"), exports("bf16")
+    assert bf16.precision == "bf16" and bf16.parity["criterion"] == "min_cosine"
+    assert bf16.parity["inference_precision"] == "bf16" and bf16.parity["value"] >= 0.9
+    # The IR itself is FP32 (no double rounding through f16); the precision travels in metadata.yaml ...
+    assert bf16.bin.stat().st_size == fp32.bin.stat().st_size
+    assert yaml.safe_load(bf16.metadata_yaml.read_text())["inference_precision"] == "bf16"
+    assert (
+        recorded_inference_precision(bf16.out_dir) == "bf16"
+        and recorded_inference_precision(fp32.xml) is None
+    )
+    # ... and wins over a profile's f32 hint, so the artifact always runs the way it was validated.
+    settings = runner_settings(load_profile(Path("targets/intel-openvino.yaml")), bf16.xml)
+    assert settings["inference_precision"] == "bf16"
+    runner = OpenVinoRunner(bf16.xml, inference_precision="f32")
+    assert runner.compile_config()["INFERENCE_PRECISION_HINT"] == "bf16"
+    assert (
+        OpenVinoRunner(fp32.xml, inference_precision="f32").compile_config()["INFERENCE_PRECISION_HINT"]
+        == "f32"
+    )
+    with runner:
+        for batch in _feeds(images["val"][:2]):
+            got = next(iter(runner.infer(batch).values()))
+            ref, _ = run_onnx(fp32_onnx, batch)
+            assert got.shape == ref.shape and np.isfinite(got).all()
+
+
 def test_int8_quantizes_backbone_keeps_postprocess_float(exports, fp32_onnx):
     result = exports("int8")
     assert result and result.parity["criterion"] == "min_cosine" and result.parity["value"] >= 0.9
@@ -256,8 +288,8 @@ def test_refusals(tmp_path, fp32_onnx, exports, calib):
             calib=calib,
             profile_settings=OpenVinoSettings(accuracy_aware=True),
         )
-    with pytest.raises(InputError, match="fp32, fp16 or int8"):
-        export_openvino(fp32_onnx, tmp_path / "c", precision="bf16")
+    with pytest.raises(InputError, match="fp32, fp16, bf16 or int8"):
+        export_openvino(fp32_onnx, tmp_path / "c", precision="fp8")
     with pytest.raises(InputError, match="backend"):
         export_openvino(
             fp32_onnx, tmp_path / "d", precision="fp32", profile_settings=load_profile("nvidia-gpu")

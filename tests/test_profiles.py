@@ -129,6 +129,9 @@ def test_shipped_recipe_validates(name: str) -> None:
 def test_shipped_values() -> None:
     cpu = P.load_profile("cpu-onnxruntime")
     assert cpu.precision_chain() == ["int8", "fp32"]
+    # precision auto on an OpenVINO CPU tries bf16 too (AVX512-BF16/AMX); the measurement decides.
+    ov_auto = P.load_profile("intel-openvino").with_overrides({"precision": "auto", "fallbacks": []})
+    assert ov_auto.precision_chain() == ["int8", "bf16", "fp32"]
     assert cpu.quantization is not None and cpu.quantization.scheme == "u8s8"
     assert cpu.quantization.op_types == ["Conv"]
     assert cpu.onnxruntime is not None and cpu.onnxruntime.intra_op_threads == 0
@@ -305,7 +308,9 @@ BROKEN = [
     ("gates-missing", base_profile, _pop("gates"), "gates", "required but missing"),
     ("ov-on-trt", base_profile, _set("openvino", {"device": "CPU"}), "openvino", "but backend is tensorrt"),
     ("fallback-order", base_profile, _set("fallbacks", ["fp32", "fp16"]), "fallbacks[1]", "more precise"),
-    ("fallback-value", base_profile, _set("fallbacks", ["fp8"]), "fallbacks[0]", "'fp32', 'fp16' or 'int8'"),
+    ("fallback-value", base_profile, _set("fallbacks", ["fp8"]), "fallbacks[0]", "'fp16', 'bf16' or 'int8'"),
+    ("bf16-on-trt", base_profile, _set("fallbacks", ["bf16"]), "fallbacks", "OpenVINO CPU precision"),
+    ("bf16-on-ort", cpu_profile, _set("precision", "bf16"), "precision", "OpenVINO CPU precision"),
     ("auto-fallbacks", base_profile, _set("precision", "auto"), "fallbacks", "precision auto"),
     ("jetpack-number", base_profile, _set("tensorrt.jetpack", 6.2), "tensorrt.jetpack", "quoted"),
     ("jetpack-trt", base_profile, _set("tensorrt.jetpack", "6.0"), "tensorrt.version", "TensorRT 8.6.2"),
@@ -384,6 +389,20 @@ BROKEN = [
         None,
         "openvino.inference_precision_hint",
         "only supported on CPU",
+    ),
+    (
+        "ov-bf16-precision-gpu",
+        lambda: {
+            **cpu_profile(),
+            "backend": "openvino",
+            "precision": "bf16",
+            "calibration": None,
+            "quantization": None,
+            "openvino": {"device": "GPU"},
+        },
+        None,
+        "precision",
+        "not for OpenVINO GPU",
     ),
     (
         "ov-hint-fp32",

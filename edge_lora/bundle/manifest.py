@@ -231,7 +231,7 @@ class Artifact(_Strict):
     sha256: Sha256
     bytes: int = Field(ge=1, description="File size.")
     backend: Literal["onnxruntime", "openvino", "tensorrt"]
-    precision: Literal["fp32", "fp16", "int8"]
+    precision: Literal["fp32", "fp16", "bf16", "int8"]
     role: Literal["primary", "fallback", "reference"] = Field(
         description="'primary' runs on the line; 'fallback' is a more precise build to switch to; "
         "'reference' is what the primary was validated against."

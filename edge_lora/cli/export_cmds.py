@@ -148,7 +148,7 @@ COMMANDS = [calib_cmd, export_cmd, engine_cmd]
 )
 @click.option(
     "--precision",
-    type=click.Choice(["fp32", "fp16", "int8", "auto"]),
+    type=click.Choice(["fp32", "fp16", "bf16", "int8", "auto"]),
     help="Override the profile's precision.",
 )
 @click.option(

@@ -7,7 +7,7 @@ Layout of ``out``::
     onnx/model.onnx (+ .json)        the FP32 ONNX every backend starts from (always)
     calibration/calibration.json     the calibration set, when INT8 is built and none was given
     onnxruntime-int8/model.onnx      ORT: QDQ INT8 (policy from the profile: u8s8 Conv-only on x86)
-    openvino-<precision>/model.xml   OpenVINO IR (FP16 compressed / NNCF INT8)
+    openvino-<precision>/model.xml   OpenVINO IR (FP16 compressed / FP32 computed in bf16 / NNCF INT8)
     tensorrt-<precision>/            TensorRT: the ONNX the engine is built from + build_plan.json + trtexec.sh
 """
 
@@ -24,7 +24,7 @@ from edge_lora.fileio import atomic_output_dir, check_output, sha256_file
 # What each backend can build (a profile's schema enforces the same for its own chain).
 BACKEND_PRECISIONS = {
     "onnxruntime": {"fp32", "int8"},
-    "openvino": {"fp32", "fp16", "int8"},
+    "openvino": {"fp32", "fp16", "bf16", "int8"},  # bf16: CPU only (an FP32 IR computed in bfloat16)
     "tensorrt": {"fp32", "fp16", "int8"},
 }
 
@@ -34,7 +34,7 @@ class Artifact:
     """One exported artifact."""
 
     backend: str  # onnxruntime | openvino | tensorrt
-    precision: str  # fp32 | fp16 | int8
+    precision: str  # fp32 | fp16 | bf16 | int8
     path: Path  # file the runner loads (.onnx, model.xml, or the TensorRT plan dir's model.onnx)
     seconds: float
     details: dict[str, Any] = field(default_factory=dict)
@@ -120,7 +120,9 @@ def export(
     profile, _ = resolve_target(str(target))
     model, out = Path(model), Path(out)
     chain = precisions or profile.precision_chain()
-    offered = BACKEND_PRECISIONS[profile.backend]
+    offered = set(BACKEND_PRECISIONS[profile.backend])
+    if profile.openvino is not None and profile.openvino.device != "CPU":
+        offered.discard("bf16")
     for p in chain:
         if p not in offered:
             raise InputError(

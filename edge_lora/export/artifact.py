@@ -38,7 +38,7 @@ __all__ = [
 
 SIDECAR_SCHEMA_VERSION = 1
 _KIND_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
-_PRECISIONS = ("fp32", "fp16", "int8")
+_PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 # Distribution names to report; the first installed name of each group wins (GPU builds have other names).
 _LIBRARIES: tuple[tuple[str, ...], ...] = (
     ("edge-lora",),
@@ -110,7 +110,7 @@ def write_sidecar(
         source_checkpoint: the merged checkpoint it was exported from (recorded as given).
         source_sha256: that checkpoint's sha256.
         profile: the target profile (name and sha256 recorded), a ``{"name", "sha256"}`` mapping, or None.
-        precision: ``"fp32"``, ``"fp16"`` or ``"int8"``.
+        precision: ``"fp32"``, ``"fp16"``, ``"bf16"`` or ``"int8"``.
         calibration: for INT8 a :func:`~edge_lora.export.calibration.calibration_record` (or just the
             calibration set's sha256); None for float artifacts.
         extra: more JSON-able facts (output form, opset, quantization counts ...), stored under ``extra``.

@@ -65,7 +65,7 @@ __all__ = [
     "ultralytics_metadata",
 ]
 
-Precision = Literal["fp32", "fp16", "int8"]
+Precision = Literal["fp32", "fp16", "bf16", "int8"]
 
 #: The parity check against ONNX Runtime FP32 on a real image. FP32 and FP16 (f16 weights, f32 compute on
 #: the CPU) must reproduce the final output within this difference relative to the output's scale.
@@ -75,6 +75,8 @@ DEFAULT_TOLERANCE: dict[str, float] = {"fp32": 1e-3, "fp16": 2e-2}
 #: cosine similarity at least this. Element-wise limits do not work for INT8: one anchor's box can move by
 #: many pixels while the detections hardly change.
 DEFAULT_INT8_MIN_COSINE = 0.9
+#: Precisions computed in reduced precision at run time, checked by cosine similarity (not element-wise).
+_REDUCED = ("int8", "bf16")
 
 XML_NAME, BIN_NAME, METADATA_NAME = "model.xml", "model.bin", "metadata.yaml"
 
@@ -437,7 +439,9 @@ def _image_batch(path: Path, shape: tuple[int, ...]) -> np.ndarray:
     return batch
 
 
-def _run_ir(ov: Any, xml: Path, batch: np.ndarray, extra: str | None) -> tuple[np.ndarray, np.ndarray | None]:
+def _run_ir(
+    ov: Any, xml: Path, batch: np.ndarray, extra: str | None, inference_precision: str = "f32"
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Compile the IR on CPU and run it once; also return tensor ``extra`` when the IR has it."""
     core = ov.Core()
     try:
@@ -450,8 +454,9 @@ def _run_ir(ov: Any, xml: Path, batch: np.ndarray, extra: str | None) -> tuple[n
                 model.add_outputs([extra])
             except RuntimeError:  # the tensor was fused away: compare the final output only
                 extra = None
-        # f32: the check measures the IR, not the CPU's bf16 default on AMX/AVX512-BF16 machines.
-        compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        # f32 unless the artifact is bf16: the check measures the IR, not the CPU's bf16 default on
+        # AMX/AVX512-BF16 machines.
+        compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": inference_precision})
         result = compiled.create_infer_request().infer({0: batch})
     except ToolError:
         raise
@@ -472,10 +477,11 @@ def _parity(
 
     proto = onnx.load(str(facts.path))
     ref, ref_decoded = run_onnx(proto, batch, decoded=True)
-    got, got_decoded = _run_ir(ov, xml, batch, decoded_tensor_name(proto))
+    hint = "bf16" if precision == "bf16" else "f32"
+    got, got_decoded = _run_ir(ov, xml, batch, decoded_tensor_name(proto), hint)
     meta = ultralytics_metadata(facts.metadata)
     end2end = bool(meta["end2end"]) if "end2end" in meta else (ref.ndim == 3 and ref.shape[-1] == 6)
-    final = compare_outputs(ref, got, end2end=end2end, tolerance=limit if precision != "int8" else math.inf)
+    final = compare_outputs(ref, got, end2end=end2end, tolerance=math.inf if precision in _REDUCED else limit)
     if got.shape != ref.shape or not np.isfinite(got).all():
         raise ToolError(
             f"{xml}: the output is non-finite or shaped {tuple(got.shape)} instead of ONNX Runtime's "
@@ -491,7 +497,7 @@ def _parity(
         "cosine_boxes": cosine_similarity(*boxes),
         "cosine_scores": cosine_similarity(*scores),
     }
-    if precision == "int8":
+    if precision in _REDUCED:
         worst = min(report["decoded"]["cosine_boxes"], report["decoded"]["cosine_scores"])
         report.update({"criterion": "min_cosine", "value": worst, "limit": limit, "passed": worst >= limit})
     else:
@@ -499,6 +505,7 @@ def _parity(
             {"criterion": "max_rel", "value": final.max_rel, "limit": limit, "passed": final.passed}
         )
     report["reference"] = "onnxruntime CPUExecutionProvider, FP32 ONNX"
+    report["inference_precision"] = hint
     return report
 
 
@@ -656,7 +663,9 @@ def export_openvino(
             ``imgsz``/``opset`` or the TargetProfile's imgsz, opset, batch, output form and max_det).
         out_dir: output folder; it will hold ``model.xml``, ``model.bin`` and ``metadata.yaml``.
         precision: ``fp32``; ``fp16`` (weights stored as f16, what ``inference_precision_hint`` computes in
-            is the device's business); ``int8`` (NNCF post-training quantization, needs ``calib``).
+            is the device's business); ``bf16`` (the FP32 IR, recorded in ``metadata.yaml`` as computed in
+            bfloat16: CPUs with AVX512-BF16 or AMX run it much faster than f32; others run it as f32);
+            ``int8`` (NNCF post-training quantization, needs ``calib``).
         calib: INT8 calibration data: a :class:`~edge_lora.export.calibration.CalibrationSet` (streamed
             through its re-iterable ``iterable()`` view) or a re-iterable of NCHW float32 batches shaped like
             the model input.
@@ -671,7 +680,7 @@ def export_openvino(
             else Ultralytics' bus.jpg.
         tolerance: fp32/fp16: largest ``max_rel`` difference of the final output from ONNX Runtime FP32
             (default :data:`DEFAULT_TOLERANCE`).
-        min_cosine: int8: smallest cosine similarity of the decoded boxes and scores with FP32's.
+        min_cosine: int8, bf16: smallest cosine similarity of the decoded boxes and scores with FP32's.
         imgsz, opset: only for a ``.pt`` source.
         overwrite: replace an existing ``out_dir``.
 
@@ -680,8 +689,8 @@ def export_openvino(
         ToolError: conversion, quantization, compilation or the parity check failed (nothing is written).
     """
     started = time.perf_counter()
-    if precision not in ("fp32", "fp16", "int8"):
-        raise InputError(f"precision must be fp32, fp16 or int8, got {precision!r}")
+    if precision not in ("fp32", "fp16", "bf16", "int8"):
+        raise InputError(f"precision must be fp32, fp16, bf16 or int8, got {precision!r}")
     settings, profile = _resolve_settings(profile_settings)
     if precision != "int8":
         if accuracy_control is not None:
@@ -694,7 +703,7 @@ def export_openvino(
         )
     if subset_size is not None and subset_size < 1:
         raise InputError(f"subset_size must be >= 1, got {subset_size}")
-    if precision == "int8":
+    if precision in _REDUCED:
         limit = float(min_cosine)
     else:
         limit = DEFAULT_TOLERANCE[precision] if tolerance is None else float(tolerance)
@@ -746,6 +755,8 @@ def export_openvino(
             )
 
         meta = ultralytics_metadata(facts.metadata)
+        if precision == "bf16":  # runners compile it with INFERENCE_PRECISION_HINT bf16 (what was validated)
+            meta["inference_precision"] = "bf16"
         xml = tmp / XML_NAME
         _write_metadata(model, meta, tmp / METADATA_NAME)
         try:
@@ -760,7 +771,7 @@ def export_openvino(
             what = (
                 f"its decoded predictions have cosine similarity {parity['value']:.3g} with FP32's, below "
                 f"{limit:g}"
-                if precision == "int8"
+                if precision in _REDUCED
                 else f"it differs by {parity['value']:.3g} relative to the output scale, above {limit:g}"
                 f" ({parity['final']['unmatched']} detections without a counterpart)"
             )

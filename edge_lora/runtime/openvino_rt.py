@@ -69,6 +69,12 @@ def _read_metadata_yaml(folder: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
+def recorded_inference_precision(path: str | Path) -> str | None:
+    """The ``INFERENCE_PRECISION_HINT`` an IR was exported and validated for (``bf16`` IRs), else None."""
+    value = _read_metadata_yaml(resolve_openvino_xml(path).parent).get("inference_precision")
+    return str(value) if value else None
+
+
 def _port_name(port, fallback: str) -> str:
     names = port.get_names()
     if not names:
@@ -88,7 +94,9 @@ class OpenVinoRunner(Runner):
         performance_hint: ``"LATENCY"``, ``"THROUGHPUT"`` or ``"CUMULATIVE_THROUGHPUT"``.
         inference_precision: ``INFERENCE_PRECISION_HINT`` such as ``"f32"``, ``"f16"``, ``"bf16"``; None keeps
             the device default. Note: on CPUs with AVX512-BF16/AMX the CPU plugin defaults to bf16, so pass
-            ``"f32"`` when an FP32 IR must reproduce FP32 outputs.
+            ``"f32"`` when an FP32 IR must reproduce FP32 outputs. An IR exported as ``bf16`` records that in
+            its ``metadata.yaml`` (``inference_precision``), which then wins over this argument: the
+            artifact runs the way it was validated.
         num_streams: ``NUM_STREAMS``; None keeps what the performance hint picks.
         name: runner name for messages.
 
@@ -117,10 +125,11 @@ class OpenVinoRunner(Runner):
             raise InputError(f"num_streams must be >= 1, got {num_streams}")
         self.device = device
         self.performance_hint = hint
-        self.inference_precision = inference_precision
         self.num_streams = None if num_streams is None else int(num_streams)
         self.bin_path = check_openvino_ir(self.path)
-        self.metadata = normalize_metadata(_read_metadata_yaml(self.path.parent))
+        raw_meta = _read_metadata_yaml(self.path.parent)
+        self.metadata = normalize_metadata(raw_meta)
+        self.inference_precision = raw_meta.get("inference_precision") or inference_precision
         self._compiled = None
         self._request = None
         self._input_names: list[str] = []

@@ -159,10 +159,13 @@ def runner_settings(profile: Any, artifact: Path) -> dict[str, Any]:
         ov = profile.openvino
         if ov is None:
             return {}
+        from edge_lora.runtime.openvino_rt import recorded_inference_precision
+
         return {
             "device": ov.device,
             "performance_hint": ov.performance_hint,
-            "inference_precision": ov.inference_precision_hint,
+            # A bf16 IR records its precision; the runner honours it, so report that.
+            "inference_precision": recorded_inference_precision(artifact) or ov.inference_precision_hint,
             "num_streams": ov.num_streams,
         }
     return {}
