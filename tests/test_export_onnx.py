@@ -166,6 +166,28 @@ def test_yolo11_raw_export_matches_pytorch(onnx11, ckpt11, val_images):
     assert ref[:, 4:].std() > 1e-3  # the model is alive: scores depend on the image
 
 
+def test_end2end_parity_matches_near_duplicate_rows_one_to_one():
+    """TopK may order near-tied rows differently; the match is an optimal assignment, not greedy."""
+    from edge_lora.export.onnx_export import compare_outputs
+
+    box = np.array([10.0, 10.0, 100.0, 100.0])
+
+    def row(shift: float, score: float) -> list[float]:
+        return [*(box + shift), score, 0.0]
+
+    low = row(0.0, 0.1)  # below the cut-off: skipped
+    ref = np.array([[row(0.0, 0.9), row(0.05, 0.9), low]], dtype=np.float32)
+    # X fits both reference rows and is closest to the first; Y fits only the first. A greedy match gives
+    # X the first row and leaves Y unmatched; X -> second, Y -> first matches every row.
+    got = np.array([[row(0.0, 0.9), row(-0.06, 0.9), low]], dtype=np.float32)
+    result = compare_outputs(ref, got, end2end=True, tolerance=1e-3)
+    assert result.matching == "tie-aware" and result.unmatched == 0 and result.passed, result
+    # a row with no counterpart at all is still reported
+    got[0, 1, :4] += 5.0
+    broken = compare_outputs(ref, got, end2end=True, tolerance=1e-3)
+    assert broken.unmatched == 1 and not broken.passed
+
+
 def test_export_refuses_bad_requests(ckpt11, onnx11, tmp_path):
     with pytest.raises(OutputExistsError):
         export_onnx(ckpt11, onnx11.path, imgsz=IMGSZ11)

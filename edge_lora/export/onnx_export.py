@@ -291,19 +291,21 @@ def compare_outputs(
         d_sorted = float(np.abs(np.sort(r[:, 4]) - np.sort(g[:, 4])).max(initial=0.0))
         max_abs, max_rel = max(max_abs, d_sorted), max(max_rel, d_sorted)
         cut = float(min(r[:, 4].min(initial=0.0), g[:, 4].min(initial=0.0))) + tolerance
-        free = np.ones(len(r), dtype=bool)
-        for row in g:
-            if row[4] <= cut:
-                continue
-            d_box = np.abs(r[:, :4] - row[:4]).max(axis=1) / box_scale
-            ok = free & (r[:, 5] == row[5]) & (np.abs(r[:, 4] - row[4]) <= tolerance) & (d_box <= tolerance)
-            cand = np.flatnonzero(ok)
-            if cand.size == 0:
-                unmatched += 1
-                continue
-            j = cand[int(d_box[cand].argmin())]
-            free[j] = False
-            a, rel = row_diff(r[j], row)
+        rows = g[g[:, 4] > cut]
+        # Candidate row i may stand for reference row j when class, score and box agree within tolerance;
+        # an optimal one-to-one assignment (not greedy: near-duplicate boxes must not steal each other's
+        # counterpart) leaves unmatched only rows that have no counterpart at all.
+        d_box = np.abs(rows[:, None, :4] - r[None, :, :4]).max(axis=2) / box_scale
+        d_score = np.abs(rows[:, None, 4] - r[None, :, 4])
+        ok = (rows[:, None, 5] == r[None, :, 5]) & (d_score <= tolerance) & (d_box <= tolerance)
+        cost = np.where(ok, d_box + d_score, 1e9)
+        from scipy.optimize import linear_sum_assignment  # host side only (export checks)
+
+        gi, rj = linear_sum_assignment(cost) if rows.size else (np.empty(0, int), np.empty(0, int))
+        feasible = ok[gi, rj]
+        unmatched += len(rows) - int(feasible.sum())
+        for i, j in zip(gi[feasible], rj[feasible], strict=True):
+            a, rel = row_diff(r[j], rows[i])
             max_abs, max_rel = max(max_abs, a), max(max_rel, rel)
     return ParityResult(max_abs, max_rel, tolerance, True, None, "tie-aware", unmatched, images)
 
