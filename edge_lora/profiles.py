@@ -304,6 +304,11 @@ class QuantizationSettings(_Strict):
         description="Regular expressions on ONNX node names (e.g. '^/model\\.23/.*') whose nodes stay "
         "float; use to protect a sensitive layer found by a per-layer accuracy check.",
     )
+    float_stem: bool = Field(
+        True,
+        description="Keep the conv that reads the image float. On the DeepPCB YOLO26n a u8s8 QDQ lost 0.75 "
+        "mAP50-95 points with the stem quantized, 0.03 with it float, at no measurable latency cost.",
+    )
     calibrate_method: Literal["minmax", "entropy", "percentile"] = Field(
         "minmax",
         description="How activation ranges are computed from the calibration images: 'minmax' (plain "

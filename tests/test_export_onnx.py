@@ -233,11 +233,16 @@ def test_policy_keeps_the_detect_postprocessing_float(onnx26, onnx11):
     assert {"TopK", "GatherElements", "ReduceMax", "Sigmoid", "Concat", "Mul", "Sub", "Add"} <= post_ops
     assert "Conv" not in post_ops
 
-    keep = nodes_to_keep_float(m26, QuantPolicy(keep_float_nodes=(r"^/model\.0/",)))
+    keep = nodes_to_keep_float(m26, QuantPolicy(keep_float_nodes=(r"^/model\.2/",)))
     assert set(head.postprocess) <= set(keep) and set(head.final_convs) <= set(keep)
-    assert "/model.0/conv/Conv" in keep
     convs = [n for n, t in op.items() if t == "Conv"]
-    assert len([n for n in convs if n in keep]) == 7  # 6 head outputs + the regex-protected stem
+    regex = [n for n in convs if n.startswith("/model.2/")]
+    assert regex and set(regex) <= set(keep)
+    # 6 head outputs + the stem (found structurally: the conv reading the image) + the regex-protected block
+    assert len([n for n in convs if n in keep]) == 7 + len(regex)
+    the_plan = plan(m26, QuantPolicy())
+    assert [n for n, why in the_plan.reasons.items() if why == "stem"] == ["/model.0/conv/Conv"]
+    assert "/model.0/conv/Conv" in plan(m26, QuantPolicy(float_stem=False)).quantizable
 
     no_head = plan(m26, QuantPolicy(float_head_outputs=False))
     assert not set(head.final_convs) & set(no_head.keep_float)
@@ -281,7 +286,8 @@ def test_tensorrt_s8s8_qdq_is_symmetric_and_keeps_postprocessing_float(qdq_trt, 
     m, producer, consumers, inits = _graph(qdq_trt.path)
     ops = [n.op_type for n in m.graph.node]
     assert ops.count("QuantizeLinear") > 0 and ops.count("DequantizeLinear") > 0
-    assert qdq_trt.quantized_convs == 96 and qdq_trt.float_convs == 6 and qdq_trt.activation_dtype == "int8"
+    # 102 convs: 6 head outputs and the stem stay float
+    assert qdq_trt.quantized_convs == 95 and qdq_trt.float_convs == 7 and qdq_trt.activation_dtype == "int8"
 
     qdq = [n for n in m.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
     zero_points = [inits[n.input[2]] for n in qdq]
@@ -292,7 +298,7 @@ def test_tensorrt_s8s8_qdq_is_symmetric_and_keeps_postprocessing_float(qdq_trt, 
         producer.get(n.input[0]) is not None and producer[n.input[0]].op_type == "Conv" for n in qdq
     )
     weight_q = [n for n in qdq if n.op_type == "QuantizeLinear" and n.input[0] in inits]
-    assert len(weight_q) == 96 and all(inits[n.input[0]].dtype == np.float32 for n in weight_q)
+    assert len(weight_q) == 95 and all(inits[n.input[0]].dtype == np.float32 for n in weight_q)
     weight_users = {
         c.op_type for q in weight_q for d in consumers[q.output[0]] for c in consumers[d.output[0]]
     }
@@ -336,6 +342,47 @@ def test_onnxruntime_u8s8_quantizes_conv_only_with_uint8_activations(qdq_u8):
     by_name = {n.name: n for n in m.graph.node}
     assert not any(_fed_by_dq(by_name[n], producer) for n in (*head.postprocess, *head.final_convs))
     assert qdq_u8.activation_dtype == "uint8" and qdq_u8.agreement["decoded"] > 0.9
+
+
+def test_histogram_calibration_is_fed_in_chunks(tmp_path, onnx26, calib, qdq_u8, monkeypatch):
+    """Percentile/entropy calibrators hold every activation they are given: edge-lora feeds them in chunks
+    (ONNX Runtime's strided calibration) so memory is bounded by a chunk, not the calibration set."""
+    from edge_lora.export import ort_qdq
+    from edge_lora.export.calibration import OrtCalibrationReader
+
+    assert [ort_qdq.histogram_chunk(n, 16) for n in (300, 4, 7, 17)] == [15, 4, 7, 1]
+    reader = OrtCalibrationReader(calib, "images", IMGSZ26)
+    everything = [item["images"] for item in reader]
+    reader.set_range(1, 3)  # what quantize_static calls per chunk: only those batches are read
+    chunk = list(iter(reader.get_next, None))
+    assert len(chunk) == 2 and all(
+        np.array_equal(a["images"], b) for a, b in zip(chunk, everything[1:3], strict=True)
+    )
+
+    monkeypatch.setattr(ort_qdq, "HISTOGRAM_CHUNK", 2)  # 4 calibration images -> 2 chunks of 2
+    calls = []
+    import onnxruntime.quantization as oq
+
+    original = oq.quantize_static
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("extra_options", {}).get("CalibStridedMinMax"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(oq, "quantize_static", spy)
+    profile = load_profile("cpu-onnxruntime")
+    res = quantize_qdq(
+        onnx26.path,
+        tmp_path / "p.onnx",
+        calib,
+        QuantPolicy.from_profile(profile),
+        calibrate_method="percentile",
+    )
+    assert calls == [2]
+    assert res.quantize_nodes == qdq_u8.quantize_nodes  # same placement, other ranges
+    feed = preprocess([np.full((IMGSZ26, IMGSZ26, 3), 90, np.uint8)], IMGSZ26)[0]
+    out, _ = run_onnx(str(res.path), feed)
+    assert np.isfinite(out).all()
 
 
 def test_qdq_sidecar_records_calibration_and_rejects_stale(qdq_trt, onnx26, calib):

@@ -186,13 +186,20 @@ class CalibrationSet:
     # ---- streaming ------------------------------------------------------------------------------------
 
     def batches(
-        self, imgsz: int | Sequence[int], batch: int = 1, *, drop_last: bool = False
+        self,
+        imgsz: int | Sequence[int],
+        batch: int = 1,
+        *,
+        drop_last: bool = False,
+        start: int = 0,
+        stop: int | None = None,
     ) -> Iterator[np.ndarray]:
         """Yield ``(B, 3, H, W)`` float32 RGB batches scaled to [0, 1], letterboxed like the runtime does.
 
         Images are read one batch at a time and each read is checked against its recorded sha256, so what
         calibrates is exactly the recorded set. The last batch is smaller unless ``drop_last``; use
-        ``drop_last=True`` for a model with a fixed batch dimension above 1.
+        ``drop_last=True`` for a model with a fixed batch dimension above 1. ``start``/``stop`` select
+        batches by index (only those images are read).
 
         Raises:
             InputError: ``batch`` < 1. DataError: an image is missing, changed or undecodable.
@@ -201,8 +208,10 @@ class CalibrationSet:
 
         if batch < 1:
             raise InputError(f"calibration batch must be >= 1, got {batch}")
-        for start in range(0, len(self.images), batch):
-            chunk = self.images[start : start + batch]
+        first = start * batch
+        end = len(self.images) if stop is None else min(len(self.images), stop * batch)
+        for offset in range(first, end, batch):
+            chunk = self.images[offset : offset + batch]
             if drop_last and len(chunk) < batch:
                 return
             arrays, _ = preprocess([self._read(im) for im in chunk], imgsz)
@@ -276,15 +285,25 @@ class OrtCalibrationReader:
                 f"calibration set {calib.directory} has {len(calib)} images, fewer than one batch of {batch}"
             )
         self._it: Iterator[np.ndarray] | None = None
+        self._range: tuple[int, int | None] = (0, None)
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         if self._it is None:
-            self._it = self.calib.batches(self.imgsz, self.batch, drop_last=self._drop_last)
+            start, stop = self._range
+            self._it = self.calib.batches(
+                self.imgsz, self.batch, drop_last=self._drop_last, start=start, stop=stop
+            )
         arr = next(self._it, None)
         return None if arr is None else {self.input_name: arr}
 
     def rewind(self) -> None:
-        """Start again from the first batch."""
+        """Start again from the first batch (of the range, if one is set)."""
+        self._it = None
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        """Feed only batches ``start_index`` to ``end_index - 1`` from now on (ONNX Runtime's strided
+        calibration calls this once per chunk)."""
+        self._range = (start_index, end_index)
         self._it = None
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
