@@ -159,3 +159,26 @@ def test_class_names_must_match_the_data(tmp_path, merged_onnx, base_ckpt, train
             warmup=1,
             runs=3,
         )
+
+
+def test_end2end_parity_pairs_rows_not_positions():
+    """TopK may swap near-tied rows: parity pairs rows by class and IoU instead of comparing positions."""
+    import numpy as np
+
+    from edge_lora.validate.compare import paired_detection_rows
+
+    a = [10, 10, 50, 50, 0.90, 1]
+    b = [60, 60, 90, 90, 0.90, 2]
+    low = [0, 0, 5, 5, 0.01, 0]
+    ref = np.array([[a, b, low]], np.float32)
+    cand = np.array([[b, a, low]], np.float32)  # same detections, other order
+    r, c = paired_detection_rows(ref, cand, conf=0.25)
+    assert r.shape == (2, 6) and np.array_equal(r, c)  # both paired exactly; the low row is below conf
+    moved = cand.copy()
+    moved[0, 1, :4] += 2.0  # box a moved by 2 px: still paired, and the difference is visible
+    r, c = paired_detection_rows(ref, moved, conf=0.25)
+    assert np.abs(r - c).max() == pytest.approx(2.0)
+    other_class = cand.copy()
+    other_class[0, 1, 5] = 0  # a different class never pairs
+    r, _ = paired_detection_rows(ref, other_class, conf=0.25)
+    assert r.shape == (1, 6)
