@@ -31,13 +31,11 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import BASE, LORA8, NEWBOARDS, REPO, SHARED  # noqa: E402
 from machine import machine_details, markdown_details  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-BASE = SHARED / "models" / "deeppcb-base-yolo26n.pt"
-DATA = SHARED / "datasets" / "deeppcb" / "newboards.yaml"
-ADAPTER = REPO / "benchmarks" / "work" / "lora_vs_full" / "lora8"
+DATA = NEWBOARDS
+ADAPTER = LORA8
 TARGETS = ["cpu-onnxruntime", "intel-openvino", "jetson-orin-nano"]
 NOTES = [
     "Jetson host proxy: the INT8 candidate is the S8S8 QDQ ONNX the engine is built from (weights stay float "

@@ -39,12 +39,10 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import BASE, BASE_DATA, REPO, SHARED, profile_file  # noqa: E402
 from machine import machine_details, markdown_details  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-BASE = SHARED / "models" / "deeppcb-base-yolo26n.pt"
-DATA = SHARED / "datasets" / "deeppcb" / "base.yaml"
+DATA = BASE_DATA
 IMGSZ = 640
 
 INT8_MAX_DROP = 0.2  # goal: INT8 within 0.2 mAP50-95 points of FP32
@@ -161,9 +159,6 @@ ULTRA_COMMON = {"imgsz": IMGSZ, "batch": 1, "nms": False, "device": "cpu", "verb
 
 def write_profiles(folder: Path, threads: int) -> dict[str, dict[str, Any]]:
     """The validation/export profiles as YAML files (what ``export``/``validate`` resolve) + their overrides."""
-    import yaml
-
-    from edge_lora.profiles import resolve_target
 
     specs = {
         "ort": ("cpu-onnxruntime", {"onnxruntime.intra_op_threads": threads}),
@@ -185,19 +180,10 @@ def write_profiles(folder: Path, threads: int) -> dict[str, dict[str, Any]]:
         ),
         "ov-aa": ("intel-openvino", {"openvino.accuracy_aware": True, "gates.max_map_drop": INT8_MAX_DROP}),
     }
-    folder.mkdir(parents=True, exist_ok=True)
     out = {}
     for key, (name, overrides) in specs.items():
-        profile, _ = resolve_target(name)
-        if overrides:
-            profile = profile.with_overrides(overrides, origin="export_bench")
-        doc = yaml.safe_load(profile.to_yaml())
-        calib = doc.get("calibration")  # a recipe name resolves from anywhere; a relative file would not
-        if calib and calib.endswith((".yaml", ".yml")) and not Path(calib).is_absolute():
-            doc["calibration"] = str((REPO / "targets" / calib).resolve())
-        path = folder / f"{key}.yaml"
-        path.write_text(yaml.safe_dump(doc, sort_keys=False))
-        out[key] = {"path": str(path), "base": name, "overrides": overrides, "sha256": profile.sha256()}
+        path, sha = profile_file(folder, key, name, overrides)
+        out[key] = {"path": str(path), "base": name, "overrides": overrides, "sha256": sha}
     return out
 
 

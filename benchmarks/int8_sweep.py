@@ -20,13 +20,11 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import BASE, LORA8, NEWBOARDS, REPO, SHARED, profile_file  # noqa: E402
 from machine import machine_details, markdown_details  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-BASE = SHARED / "models" / "deeppcb-base-yolo26n.pt"
-DATA = SHARED / "datasets" / "deeppcb" / "newboards.yaml"
-ADAPTER = REPO / "benchmarks" / "work" / "lora_vs_full" / "lora8"
+DATA = NEWBOARDS
+ADAPTER = LORA8
 GOAL = 0.2  # mAP50-95 points below the unmerged model
 
 # name -> (profile, overrides, what it tries)
@@ -60,23 +58,6 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], str]] = {
         f"NNCF accuracy-aware, max drop {GOAL} points (validation: recipe's 200 val images)",
     ),
 }
-
-
-def write_profile(folder: Path, name: str, profile: str, overrides: dict[str, Any]) -> Path:
-    import yaml
-
-    from edge_lora.profiles import resolve_target
-
-    resolved, _ = resolve_target(profile)
-    if overrides:
-        resolved = resolved.with_overrides(overrides, origin="int8_sweep")
-    doc = yaml.safe_load(resolved.to_yaml())
-    calib = doc.get("calibration")
-    if calib and calib.endswith((".yaml", ".yml")) and not Path(calib).is_absolute():
-        doc["calibration"] = str((REPO / "targets" / calib).resolve())
-    path = folder / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return path
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -146,7 +127,7 @@ def main() -> None:
         print(f"== {name}: {what}", flush=True)
         row: dict[str, Any] = {"name": name, "what": what, "profile": profile_name, "overrides": overrides}
         try:
-            profile = write_profile(args.work, name, profile_name, overrides)
+            profile, _ = profile_file(args.work / "profiles", name, profile_name, overrides)
             t0 = time.perf_counter()
             res = export(merged, profile, args.work / name, data=DATA, precisions=["int8"], overwrite=True)
             row["export_seconds"] = round(time.perf_counter() - t0, 1)

@@ -21,12 +21,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import BASE, NEWBOARDS, REPO, SHARED  # noqa: E402
 from machine import machine_details, markdown_details  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-BASE = SHARED / "models" / "deeppcb-base-yolo26n.pt"
-DATA = SHARED / "datasets" / "deeppcb" / "newboards.yaml"
+DATA = NEWBOARDS
 CLI = [sys.executable, "-m", "edge_lora.cli.main"]
 
 CONFIGS: dict[str, list[str]] = {

@@ -1,0 +1,37 @@
+"""What the benchmark scripts share: where the DeepPCB data, the base model and the default adapter live, and
+how a shipped profile with overrides becomes a YAML file that ``export``/``validate``/``build`` resolve."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"  # never committed: see ../shared/README.md
+BASE = SHARED / "models" / "deeppcb-base-yolo26n.pt"
+BASE_DATA = SHARED / "datasets" / "deeppcb" / "base.yaml"  # boards the base model saw
+NEWBOARDS = SHARED / "datasets" / "deeppcb" / "newboards.yaml"  # the new product line
+LORA8 = REPO / "benchmarks" / "work" / "lora_vs_full" / "lora8"  # trained by lora_vs_full.py
+
+
+def profile_file(folder: Path, key: str, profile: str, overrides: dict[str, Any]) -> tuple[Path, str]:
+    """Write ``profile`` (a shipped name) with dotted-key ``overrides`` to ``folder/key.yaml``.
+
+    Returns the path and the resolved profile's sha256. A calibration recipe given as a relative file is
+    made absolute, so the written profile resolves from anywhere.
+    """
+    import yaml
+
+    from edge_lora.profiles import resolve_target
+
+    resolved, _ = resolve_target(profile)
+    if overrides:
+        resolved = resolved.with_overrides(overrides, origin=folder.name)
+    doc = yaml.safe_load(resolved.to_yaml())
+    calib = doc.get("calibration")
+    if calib and calib.endswith((".yaml", ".yml")) and not Path(calib).is_absolute():
+        doc["calibration"] = str((REPO / "targets" / calib).resolve())
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{key}.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path, resolved.sha256()
