@@ -405,7 +405,8 @@ def goals(rows: list[dict[str, Any]], tol: float) -> dict[str, Any]:
         )
     for r in ok.values():  # explorations: reported, not counted in the verdict
         if r["precision"] == "int8" and r["explore"]:
-            fp32_name = f"edge-{'onnx' if r['backend'] == 'onnxruntime' else 'openvino'}-fp32"
+            tool = "edge" if r["tool"] == "edge-lora" else "ultralytics"
+            fp32_name = f"{tool}-{'onnx' if r['backend'] == 'onnxruntime' else 'openvino'}-fp32"
             if fp32_name in ok:
                 drop = 100 * (ok[fp32_name]["map50_95"] - r["map50_95"])
                 int8.append(
@@ -564,7 +565,11 @@ NOTES = [
     "(hint `bf16`). OpenVINO's CPU plugin picks bf16 by default on this CPU (AVX512-BF16), so Ultralytics' "
     "own runtime would run its IRs like the `ultralytics-*-bf16` rows.",
     "Latency on a shared machine is only as good as its load: the load average is recorded per row "
-    "(`loadavg_start/end` in the JSON) and flagged in the notes column when above half the cores.",
+    "(`loadavg_start/end` in the JSON) and flagged in the notes column when above half the cores. This host "
+    "also drifts: the same FP32 ONNX file measured 33.6 ms and 51.4 ms p50 a few minutes apart (`edge-lora "
+    "bench`, 150 runs), so differences under ~1.5x between rows are within its noise.",
+    "Accuracy-aware INT8 (`-aa` rows) ranks and reverts layers on the data's val split, the images evaluated "
+    "here too, so its accuracy is optimistic; Ultralytics' INT8 calibrates on them as well.",
 ]
 
 
