@@ -30,6 +30,23 @@ ROWS = [
 ]
 
 
+def goals(rows_list: list[dict]) -> dict[str, bool]:
+    """The issue's three goals, from the rows present."""
+    rows = {r["name"]: r for r in rows_list if "error" not in r}
+    fp32 = rows.get("cpu-onnxruntime fp32")
+    return {
+        # 0.0 up to float summation noise: 1e-3 points is 1e-5 mAP, far below what is ever reported.
+        "merged FP32 agreement F1 >= 0.999 and mAP delta 0.0 (|Δ| < 0.001 points)": bool(fp32)
+        and fp32["agreement_f1"] >= 0.999
+        and abs(fp32["delta_points"]) < 1e-3,
+        "every INT8 mAP50-95 drop <= 0.2 points": all(
+            r["delta_points"] >= -0.2 for n, r in rows.items() if "int8" in n
+        ),
+        "best e2e p50 >= 5x faster than unmerged PyTorch": max((r["speedup"] or 0) for r in rows.values())
+        >= 5.0,
+    }
+
+
 def markdown(report: dict) -> str:
     lines = [
         "# Validation vs the unmerged model: DeepPCB new boards",
@@ -59,6 +76,12 @@ def markdown(report: dict) -> str:
     ]
     for goal, ok in report["goals"].items():
         lines.append(f"- {goal}: **{'met' if ok else 'NOT met'}**")
+    lines += [
+        "",
+        "The shipped INT8 settings above are the profiles' defaults. `int8_sweep.md` tries others on the same "
+        "merged model: OpenVINO accuracy-aware INT8 (max drop 0.2) reaches -0.05 points; no ONNX Runtime QDQ "
+        "variant tried stays within 0.2 points without losing its speed.",
+    ]
     lines += ["", markdown_details(report["machine"]), "", f"Measured {report['date']}."]
     return "\n".join(lines) + "\n"
 
@@ -143,19 +166,7 @@ def main() -> None:
                 "parity": rep.parity,
             }
         )
-        rows = {r["name"]: r for r in report["rows"] if "error" not in r}
-        fp32 = rows.get("cpu-onnxruntime fp32")
-        report["goals"] = {
-            # 0.0 up to float summation noise: 1e-3 points is 1e-5 mAP, far below what is ever reported.
-            "merged FP32 agreement F1 >= 0.999 and mAP delta 0.0 (|Δ| < 0.001 points)": bool(fp32)
-            and fp32["agreement_f1"] >= 0.999
-            and abs(fp32["delta_points"]) < 1e-3,
-            "every INT8 mAP50-95 drop <= 0.2 points": all(
-                r["delta_points"] >= -0.2 for n, r in rows.items() if "int8" in n
-            ),
-            "best e2e p50 >= 5x faster than unmerged PyTorch": max((r["speedup"] or 0) for r in rows.values())
-            >= 5.0,
-        }
+        report["goals"] = goals(report["rows"])
         args.results.mkdir(parents=True, exist_ok=True)
         atomic_write_json(args.results / "validate.json", report)
         atomic_write_text(args.results / "validate.md", markdown(report))
