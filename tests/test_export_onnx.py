@@ -490,3 +490,35 @@ def test_fp16_export_is_valid_and_close(ckpt11, val_images, tmp_path):
     onnx.checker.check_model(model)
     assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer)
     assert verify_sidecar(r.path)["precision"] == "fp16"
+
+
+def test_float_nodes_get_their_own_copy_of_shared_initializers(tmp_path):
+    """onnxslim merges equal initializers; a float node must not read one the quantizer will quantize."""
+    from onnx import TensorProto, helper
+
+    from edge_lora.export.ort_qdq import _unshare_float_initializers
+
+    w = numpy_helper.from_array(np.ones((2, 2, 1, 1), np.float32), "w")
+    b = numpy_helper.from_array(np.zeros(2, np.float32), "b")
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "w", "b"], ["y"], name="stem"),
+            helper.make_node("Conv", ["y", "w", "b"], ["z"], name="body"),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 2, 4, 4])],
+        [w, b],
+    )
+    path = tmp_path / "shared.onnx"
+    onnx.save(helper.make_model(graph), str(path))
+    _unshare_float_initializers(path, {"stem"})
+    m = onnx.load(str(path))
+    stem, body = m.graph.node
+    assert list(body.input[1:]) == ["w", "b"]  # the quantized node keeps the originals
+    assert set(stem.input[1:]).isdisjoint({"w", "b"})  # the float node reads its own copies
+    inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+    assert np.array_equal(inits[stem.input[1]], inits["w"]) and np.array_equal(
+        inits[stem.input[2]], inits["b"]
+    )
+    onnx.checker.check_model(m)

@@ -330,6 +330,7 @@ def quantize_qdq(
     try:
         prepared = _prepare(fp32, workdir / "prepared.onnx")
         the_plan = plan(prepared, policy)
+        _unshare_float_initializers(prepared, set(the_plan.keep_float))
         quantized = workdir / "quantized.onnx"
         _run_quantize_static(prepared, quantized, calib_set, policy, the_plan, input_name, hw, batch, method)
 
@@ -414,6 +415,38 @@ def _prepare(fp32: Path, out: Path) -> Path:
         )
         shutil.copyfile(fp32, out)
     return out
+
+
+def _unshare_float_initializers(path: Path, keep_float: set[str]) -> None:
+    """Give float nodes their own copy of initializers they share with quantized nodes, in place.
+
+    onnxslim de-duplicates equal initializers (e.g. identical BatchNorm-folded biases), so a float node can
+    read the same tensor as a quantized one; ONNX Runtime then quantizes it for the quantized consumer and
+    the float node would read it through a DequantizeLinear, breaking the policy.
+    """
+    import onnx
+
+    proto = onnx.load(str(path))
+    inits = {t.name: t for t in proto.graph.initializer}
+    consumers: dict[str, set[str]] = {}
+    for node in proto.graph.node:
+        for name in node.input:
+            if name in inits:
+                consumers.setdefault(name, set()).add(node.name)
+    changed = False
+    for node in proto.graph.node:
+        if node.name not in keep_float:
+            continue
+        for i, name in enumerate(node.input):
+            if name in inits and consumers[name] - keep_float:
+                copy = onnx.TensorProto()
+                copy.CopyFrom(inits[name])
+                copy.name = f"{name}__float_{node.name.strip('/').replace('/', '_')}"
+                proto.graph.initializer.append(copy)
+                node.input[i] = copy.name
+                changed = True
+    if changed:
+        onnx.save(proto, str(path))
 
 
 #: Most calibration batches held at once by the histogram (entropy/percentile) calibrators.
