@@ -226,3 +226,24 @@ def test_precision_auto_ships_the_fastest_passing(tmp_path, build_cli, built):
     assert set(tried) == {"int8", "fp32"}, res.output  # ONNX Runtime on a CPU offers both; each was validated
     passing = [c for c in tried.values() if c["passed"]]
     assert b["chosen"] == min(passing, key=lambda c: c["model_p50_ms"])["precision"]
+
+
+def test_openvino_auto_tries_bf16_and_the_bundle_runs_it_as_validated(tmp_path, build_cli, built):
+    """precision auto on an OpenVINO CPU target builds int8, bf16 and fp32; a bf16 artifact carries its
+    inference precision into the manifest's runner settings, so the line runtime runs what was validated."""
+    work = built[0]
+    profile = _profile(tmp_path, name="ov-auto")
+    text = profile.read_text().replace("extends: cpu-onnxruntime", "extends: intel-openvino")
+    profile.write_text(text + "fallbacks: []\n")
+    args = build_cli(profile, tmp_path / "dist", "--precision", "auto", "--json", tmp_path / "b.json")
+    res = CliRunner().invoke(main, [*args, "--cache", str(work / "dist" / ".cache")])
+    assert res.exit_code == 0, res.output
+    b = json.loads((tmp_path / "b.json").read_text())["bundles"][0]
+    assert {c["precision"] for c in b["candidates"]} == {"int8", "bf16", "fp32"}, res.output
+    bundle = Path(b["bundle"])
+    assert verify_bundle(bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    primary = manifest["artifacts"][0]
+    assert primary["precision"] == b["chosen"]
+    expected = "bf16" if b["chosen"] == "bf16" else "f32"
+    assert primary["runner_settings"]["inference_precision"] == expected
