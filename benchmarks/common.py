@@ -35,3 +35,21 @@ def profile_file(folder: Path, key: str, profile: str, overrides: dict[str, Any]
     path = folder / f"{key}.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path, resolved.sha256()
+
+
+def validate_merged(artifact: Path, profile: str | Path, data: Path, args: Any, reference_cache: dict) -> Any:
+    """``validate()`` of a merged artifact against the unmerged base + ``args.adapter`` in PyTorch, with the
+    benchmark's ``--max-images/--runs/--warmup``; the reference runs once per ``reference_cache``."""
+    from edge_lora.validate.compare import validate
+
+    return validate(
+        artifact,
+        data=data,
+        target=profile,
+        reference_base=BASE,
+        reference_adapter=args.adapter,
+        max_images=args.max_images,
+        runs=args.runs,
+        warmup=args.warmup,
+        reference_cache=reference_cache,
+    )

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import BASE, LORA8, NEWBOARDS, REPO, SHARED, profile_file  # noqa: E402
+from common import BASE, LORA8, NEWBOARDS, REPO, SHARED, profile_file, validate_merged  # noqa: E402
 from machine import machine_details, markdown_details  # noqa: E402
 
 DATA = NEWBOARDS
@@ -107,7 +107,6 @@ def main() -> None:
     from edge_lora.export.api import export
     from edge_lora.fileio import atomic_write_json, atomic_write_text
     from edge_lora.merge import merge
-    from edge_lora.validate.compare import validate
 
     args.work.mkdir(parents=True, exist_ok=True)
     args.results.mkdir(parents=True, exist_ok=True)
@@ -132,17 +131,7 @@ def main() -> None:
             res = export(merged, profile, args.work / name, data=DATA, precisions=["int8"], overwrite=True)
             row["export_seconds"] = round(time.perf_counter() - t0, 1)
             art = res.artifacts[0]
-            rep = validate(
-                art.path,
-                data=DATA,
-                target=profile,
-                reference_base=BASE,
-                reference_adapter=args.adapter,
-                max_images=args.max_images,
-                runs=args.runs,
-                warmup=args.warmup,
-                reference_cache=reference_cache,
-            )
+            rep = validate_merged(art.path, profile, DATA, args, reference_cache)
             report["images"] = rep.images
             report["ref_map50_95"] = rep.reference.accuracy.map50_95
             row.update(

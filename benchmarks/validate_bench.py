@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import BASE, NEWBOARDS, REPO, SHARED  # noqa: E402
+from common import BASE, NEWBOARDS, REPO, SHARED, validate_merged  # noqa: E402
 from machine import machine_details, markdown_details  # noqa: E402
 
 DATA = NEWBOARDS
@@ -104,7 +104,6 @@ def main() -> None:
     from edge_lora.export.api import export
     from edge_lora.fileio import atomic_write_json, atomic_write_text
     from edge_lora.merge import merge
-    from edge_lora.validate.compare import validate
 
     args.work.mkdir(parents=True, exist_ok=True)
     merged = args.work / "merged.pt"
@@ -130,17 +129,7 @@ def main() -> None:
                     merged, target, args.work / target, data=DATA, precisions=chain, overwrite=True
                 )
             art = next(a for a in exports[target].artifacts if a.precision == precision)
-            rep = validate(
-                art.path,
-                data=DATA,
-                target=target,
-                reference_base=BASE,
-                reference_adapter=args.adapter,
-                max_images=args.max_images,
-                runs=args.runs,
-                warmup=args.warmup,
-                reference_cache=reference_cache,
-            )
+            rep = validate_merged(art.path, target, DATA, args, reference_cache)
         except Exception as e:  # a benchmark row reports its failure and the others still run
             report["rows"].append({"name": name, "error": f"{type(e).__name__}: {e}".splitlines()[0]})
             continue

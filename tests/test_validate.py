@@ -44,11 +44,10 @@ def _profile(tmp_path: Path, **gates) -> Path:
     return path
 
 
-def test_merged_fp32_agrees_with_unmerged_reference(
-    tmp_path, merged_onnx, base_ckpt, trained_adapter, demo_data
-):
-    report = validate(
-        merged_onnx,
+@pytest.fixture
+def against_unmerged(tmp_path, base_ckpt, trained_adapter, demo_data) -> dict:
+    """validate() keyword arguments: line B val, the unmerged base + adapter as reference, 5 timed runs."""
+    return dict(
         data=demo_data.line_b_yaml,
         target=_profile(tmp_path),
         reference_base=base_ckpt,
@@ -56,6 +55,10 @@ def test_merged_fp32_agrees_with_unmerged_reference(
         warmup=1,
         runs=5,
     )
+
+
+def test_merged_fp32_agrees_with_unmerged_reference(merged_onnx, against_unmerged):
+    report = validate(merged_onnx, **against_unmerged)
     assert report.images == 4 and not report.skipped_images
     assert report.agreement.f1 == pytest.approx(1.0)
     assert abs(report.map_delta_points) < 1e-6
@@ -65,19 +68,9 @@ def test_merged_fp32_agrees_with_unmerged_reference(
     json.dumps(report.to_dict())  # serialisable
 
 
-def test_reference_pass_is_reused_from_the_cache(
-    tmp_path, merged_onnx, base_ckpt, trained_adapter, demo_data
-):
+def test_reference_pass_is_reused_from_the_cache(merged_onnx, against_unmerged):
     cache: dict = {}
-    kwargs = dict(
-        data=demo_data.line_b_yaml,
-        target=_profile(tmp_path),
-        reference_base=base_ckpt,
-        reference_adapter=trained_adapter.out,
-        warmup=1,
-        runs=5,
-        reference_cache=cache,
-    )
+    kwargs = {**against_unmerged, "reference_cache": cache}
     first = validate(merged_onnx, **kwargs)
     assert len(cache) == 1
     (entry,) = cache.values()
