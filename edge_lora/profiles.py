@@ -969,8 +969,14 @@ class CalibRecipe(_Document):
         0,
         ge=0,
         le=100_000,
-        description="Images from the val split for accuracy-aware quantization (openvino.accuracy_aware) to "
-        "evaluate on; 0 = none, which such profiles refuse.",
+        description="Labelled images accuracy-aware quantization (openvino.accuracy_aware) evaluates on, from "
+        "validation_split; 0 = none, which such profiles refuse.",
+    )
+    validation_split: Literal["train", "val"] = Field(
+        "train",
+        description="Split the accuracy-aware images come from. 'train' keeps the val split, on which "
+        "validate and build gate the model, out of every quantization decision; 'val' tunes on the very "
+        "images the gate then scores (optimistic).",
     )
 
     _source: str | None = PrivateAttr(default=None)

@@ -301,3 +301,20 @@ def test_refusals(tmp_path, fp32_onnx, exports, calib):
             fp32_onnx, tmp_path / "e", precision="int8", calib=[np.zeros((1, 3, 32, 32), np.float32)]
         )
     assert not any(tmp_path.iterdir())  # failed exports leave nothing behind
+
+
+def test_accuracy_aware_images_come_from_train_by_default(demo_data):
+    """The val split gates the build, so accuracy-aware INT8 tunes on other images unless told otherwise."""
+    from edge_lora.export.accuracy import labelled_images
+    from edge_lora.profiles import load_recipe
+
+    assert load_recipe("default").validation_split == "train"
+    train = labelled_images(demo_data.line_b_yaml, IMGSZ, 3)
+    val = labelled_images(demo_data.line_b_yaml, IMGSZ, 3, "val")
+    assert len(train) == len(val) == 3 and train[0].batch.shape == (1, 3, IMGSZ, IMGSZ)
+    # spread over the 8 train images (0, 2, 5), not the first three
+    all_train = labelled_images(demo_data.line_b_yaml, IMGSZ, 100)
+    assert len(all_train) == 8
+    picked = [next(i for i, a in enumerate(all_train) if np.array_equal(a.batch, t.batch)) for t in train]
+    assert picked == [0, 2, 5]
+    assert not any(np.array_equal(t.batch, v.batch) for t in train for v in val)

@@ -1,7 +1,8 @@
 """The metric behind OpenVINO accuracy-aware INT8: mAP50-95 with edge-lora's one evaluator.
 
 ``nncf.quantize_with_accuracy_control`` calls ``validation_fn(compiled_model, items)`` on the whole set and
-on single items while it ranks layers; each item is one labelled val image, preprocessed once.
+on single items while it ranks layers; each item is one labelled image (by default from the train split, see
+``CalibRecipe.validation_split``), preprocessed once.
 """
 
 from __future__ import annotations
@@ -24,15 +25,19 @@ class LabelledImage:
     size: tuple[int, int]
 
 
-def labelled_images(data: str | Path, imgsz: int, limit: int) -> list[LabelledImage]:
-    """Up to ``limit`` val images of ``data`` that decode, with their labels."""
+def labelled_images(data: str | Path, imgsz: int, limit: int, split: str = "train") -> list[LabelledImage]:
+    """Up to ``limit`` images of ``data``'s ``split`` that decode, with their labels (evenly spread over the
+    sorted split, so a capped set still covers all of it)."""
     from edge_lora.data.checks import label_path, load_data_yaml
     from edge_lora.runtime.prepost import preprocess
     from edge_lora.validate.metrics import read_yolo_labels
 
-    spec = load_data_yaml(data, splits=("val",))
+    spec = load_data_yaml(data, splits=(split,))
+    paths = sorted(spec.splits[split])
+    if len(paths) > limit:
+        paths = [paths[int(i * len(paths) / limit)] for i in range(limit)]
     items = []
-    for path in sorted(spec.splits["val"]):
+    for path in paths:
         img = cv2.imread(str(path))
         if img is None:
             continue

@@ -223,7 +223,8 @@ def _export_into(
 
 
 def _accuracy_control(profile, data: Path | None, calib_set):
-    """NNCF accuracy-aware INT8 bounded by the profile's max mAP drop, scored by our evaluator on val images."""
+    """NNCF accuracy-aware INT8 bounded by the profile's max mAP drop, scored by our evaluator on labelled
+    images of the recipe's validation_split (train by default: the gate's val images stay unseen)."""
     from edge_lora.export.accuracy import labelled_images, map_validation_fn
     from edge_lora.export.openvino_export import AccuracyControl
 
@@ -231,7 +232,10 @@ def _accuracy_control(profile, data: Path | None, calib_set):
         raise InputError(f"{profile.name} asks for accuracy-aware INT8: pass --data (labelled val images)")
     recipe = profile.load_calibration()
     limit = getattr(recipe, "validation_images", None) or 100
-    items = labelled_images(data, profile.imgsz, limit)
+    split = getattr(recipe, "validation_split", "train")
+    items = labelled_images(data, profile.imgsz, limit, split)
+    if not items:
+        raise InputError(f"{data}: no decodable {split} image for accuracy-aware INT8 (calibration recipe)")
     from edge_lora.data.checks import load_data_yaml
 
     names = load_data_yaml(data, splits=("val",), check_labels=False).names
