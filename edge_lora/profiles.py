@@ -415,11 +415,27 @@ class OpenVinoSettings(_Strict):
         description="OpenVINO op types NNCF must leave in float (its ignored_scope types); OpenVINO names, "
         "e.g. Multiply, not ONNX's Mul.",
     )
+    keep_float_nodes: list[str] = Field(
+        default_factory=list,
+        description="Regular expressions on OpenVINO op names (matched from the start, as NNCF does) that "
+        "INT8 leaves float, e.g. '/model\\.1/conv/'. Pin here the layers an accuracy-aware export reverted "
+        "(its quantization.float_weighted_ops) to rebuild in seconds without accuracy control.",
+    )
     accuracy_aware: bool = Field(
         False,
         description="Use NNCF accuracy-aware quantization: layers are reverted to float until the mAP drop "
         "is within gates.max_map_drop. Needs a calibration recipe with validation_images > 0.",
     )
+
+    @field_validator("keep_float_nodes")
+    @classmethod
+    def _node_patterns(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"{pattern!r} is not a valid regular expression: {exc}") from None
+        return value
 
     @field_validator("ignored_op_types")
     @classmethod

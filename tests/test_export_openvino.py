@@ -219,6 +219,21 @@ def test_ignored_scope_options_reach_nncf(tmp_path, fp32_onnx, calib):
     assert not any(name.startswith("/model.23/") for name in _quantized_names(result.xml))
 
 
+def test_profile_keep_float_nodes_pin_layers_float(tmp_path, fp32_onnx, calib):
+    """openvino.keep_float_nodes pins layers (e.g. those an accuracy-aware run reverted) without NNCF's loop."""
+    settings = OpenVinoSettings(keep_float_nodes=[r"/model\.1/conv/"])
+    result = export_openvino(
+        fp32_onnx, tmp_path / "ov", precision="int8", calib=calib, profile_settings=settings, subset_size=2
+    )
+    stats = result.quantization
+    assert stats["ignored_patterns"] == [r"/model\.1/conv/"]
+    assert [n for n in stats["float_weighted_ops"] if n.startswith("/model.1/")]
+    assert not any(n.startswith("/model.1/") for n in _quantized_names(result.xml))
+    assert any(n.startswith("/model.2/") for n in _quantized_names(result.xml))  # the rest stays INT8
+    with pytest.raises(ValueError, match="not a valid regular expression"):
+        OpenVinoSettings(keep_float_nodes=["(unclosed"])
+
+
 def _quantized_names(xml: Path) -> list[str]:
     model = ov.Core().read_model(str(xml))
     every = quantization_stats(model)

@@ -672,7 +672,7 @@ def export_openvino(
         profile_settings: the profile's ``openvino`` section, or the whole TargetProfile: NNCF preset,
             ignored op types, target device, whether accuracy control is required.
         ignored: what INT8 leaves float (see :class:`IgnoredOps`; default: head post-processing + the
-            profile's ignored op types).
+            profile's ignored op types and keep_float_nodes patterns).
         accuracy_control: run accuracy-aware quantization with this validation function and data. Required
             when the profile sets ``openvino.accuracy_aware``.
         subset_size: calibration batches NNCF uses; default all of them (300 if their number is unknown).
@@ -736,7 +736,8 @@ def export_openvino(
             _as_batch(first, facts.input_shape)  # a wrong shape fails here, not deep inside NNCF
             subset = subset_size or n_batches or _DEFAULT_SUBSET
             types = settings.ignored_op_types if ignored is None or ignored.types is None else ignored.types
-            scope, float_ops = _ignored_scope(_import_nncf(), model, ignored or IgnoredOps(), types)
+            ignored = ignored or IgnoredOps(patterns=tuple(settings.keep_float_nodes))
+            scope, float_ops = _ignored_scope(_import_nncf(), model, ignored, types)
             model, accuracy = _quantize(
                 model, calib_source, facts.input_shape, subset, settings, scope, accuracy_control
             )
