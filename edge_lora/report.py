@@ -75,6 +75,36 @@ def _plots(folder: Path, candidates: list[dict[str, Any]], names: dict[int, str]
     return ["latency_cdf.png", "accuracy_vs_latency.png", "per_class_ap.png"]
 
 
+# What to try when INT8 fails the accuracy gate, per backend (measured in benchmarks/results/int8_sweep.md).
+_INT8_ACCURACY_HINTS = {
+    "openvino": "set `openvino.accuracy_aware: true` (NNCF reverts layers until `gates.max_map_drop` holds; "
+    "slow), then pin the layers it reverted (the export's `quantization.float_weighted_ops`) in "
+    "`openvino.keep_float_nodes` and turn it off again for fast rebuilds",
+    "onnxruntime": "try `quantization.calibrate_method: entropy` or `percentile`, or keep the most sensitive "
+    "blocks float with `quantization.keep_float_nodes` (each costs speed: measure with `precision: auto`)",
+    "tensorrt": "keep sensitive blocks float with `quantization.keep_float_nodes` (TensorRT runs them in FP16), "
+    "or ship the FP16 fallback",
+}
+
+
+def _int8_hints(profile: Any, candidates: list[dict[str, Any]]) -> list[str]:
+    """A next step when an INT8 candidate failed the mAP gate (the numbers say by how much)."""
+    lines = []
+    for c in candidates:
+        if c["precision"] != "int8":
+            continue
+        checks = c["report"]["gates"]["checks"]
+        failed = next((g for g in checks if g["name"] == "max_map_drop" and g.get("passed") is False), None)
+        hint = _INT8_ACCURACY_HINTS.get(profile.backend)
+        if failed and hint:
+            lines += [
+                "",
+                f"INT8 lost {float(failed['value']):.2f} mAP50-95 points (gate: {failed['threshold']}). To keep "
+                f"INT8: {hint}.",
+            ]
+    return lines
+
+
 def write_report(
     folder: Path,
     *,
@@ -113,6 +143,7 @@ def write_report(
             f"Latency measured on the build host is a proxy ({candidates[0]['report']['proxy_reason']}); "
             "latency gates are skipped here and must be confirmed on the device.",
         ]
+    lines += _int8_hints(profile, candidates)
     lines += [
         "",
         "## Gates of the shipped (or last tried) artifact",

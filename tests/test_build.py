@@ -247,3 +247,19 @@ def test_openvino_auto_tries_bf16_and_the_bundle_runs_it_as_validated(tmp_path, 
     assert primary["precision"] == b["chosen"]
     expected = "bf16" if b["chosen"] == "bf16" else "f32"
     assert primary["runner_settings"]["inference_precision"] == expected
+
+
+def test_report_says_what_to_try_when_int8_fails_the_map_gate():
+    from types import SimpleNamespace
+
+    from edge_lora.report import _int8_hints
+
+    def candidate(precision: str, drop: float, passed: bool) -> dict:
+        check = {"name": "max_map_drop", "value": drop, "threshold": 1.0, "passed": passed}
+        return {"precision": precision, "report": {"gates": {"checks": [check]}}}
+
+    failed = [candidate("int8", 1.25, False), candidate("fp32", 0.0, True)]
+    (hint,) = [line for line in _int8_hints(SimpleNamespace(backend="openvino"), failed) if line]
+    assert "INT8 lost 1.25" in hint and "openvino.accuracy_aware" in hint and "keep_float_nodes" in hint
+    assert "calibrate_method" in _int8_hints(SimpleNamespace(backend="onnxruntime"), failed)[-1]
+    assert _int8_hints(SimpleNamespace(backend="openvino"), [candidate("int8", 0.3, True)]) == []
