@@ -156,6 +156,18 @@ _JETPACK_TENSORRT: dict[str, str] = {
 
 _NAME_RE = r"^[a-z0-9][a-z0-9._-]*$"
 _OP_TYPE_RE = re.compile(r"^[A-Z][A-Za-z0-9]*$")
+
+
+def _regex_list(patterns: list[str]) -> list[str]:
+    """Validate a list of regular expressions (node-name patterns of quantization settings)."""
+    for pattern in patterns:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"{pattern!r} is not a valid regular expression: {exc}") from None
+    return patterns
+
+
 _VERSION_CLAUSE_RE = re.compile(r"^\s*(==|!=|>=|<=|>|<)\s*(\d+(?:\.\d+)*)\s*$")
 _DEFAULT_NMS_IOU = 0.7
 _DEVICE_TREE_MODEL = Path("/proc/device-tree/model")
@@ -307,7 +319,7 @@ class QuantizationSettings(_Strict):
     float_stem: bool = Field(
         True,
         description="Keep the conv that reads the image float. On the DeepPCB YOLO26n a u8s8 QDQ lost 0.75 "
-        "mAP50-95 points with the stem quantized, 0.03 with it float, at no measurable latency cost.",
+        "mAP50-95 points (vs FP32) with the stem quantized, 0.04 with it float; latency within the host's noise.",
     )
     calibrate_method: Literal["minmax", "entropy", "percentile"] = Field(
         "minmax",
@@ -328,12 +340,7 @@ class QuantizationSettings(_Strict):
     @field_validator("keep_float_nodes")
     @classmethod
     def _node_patterns(cls, value: list[str]) -> list[str]:
-        for pattern in value:
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise ValueError(f"{pattern!r} is not a valid regular expression: {exc}") from None
-        return value
+        return _regex_list(value)
 
     @model_validator(mode="after")
     def _disjoint(self) -> QuantizationSettings:
@@ -430,12 +437,7 @@ class OpenVinoSettings(_Strict):
     @field_validator("keep_float_nodes")
     @classmethod
     def _node_patterns(cls, value: list[str]) -> list[str]:
-        for pattern in value:
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise ValueError(f"{pattern!r} is not a valid regular expression: {exc}") from None
-        return value
+        return _regex_list(value)
 
     @field_validator("ignored_op_types")
     @classmethod

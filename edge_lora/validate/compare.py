@@ -40,7 +40,10 @@ EVAL_CONF = 0.001  # detections kept for mAP (as Ultralytics val); the deploy th
 
 @dataclass
 class ReferencePass:
-    """The reference side of one validation (detections, raw outputs, latency), reusable for the next candidate."""
+    """The reference side of one validation (detections, raw outputs, latency), reusable for the next candidate.
+
+    ``raw`` is empty unless the pass is cached: a raw-output model's tensors are ~0.3 MB per image at 640 px.
+    """
 
     name: str
     end2end: bool
@@ -332,7 +335,8 @@ def validate(
                 r, r_raw = cached.detections[i : i + 1], cached.raw[i]
             else:
                 r, r_raw = _detect(ref_runner, [img], imgsz, EVAL_CONF, nc, profile.max_det)  # type: ignore[arg-type]
-                ref_raws.append(r_raw)
+                if reference_cache is not None:  # raw outputs are only kept for a pass that is reused
+                    ref_raws.append(r_raw)
             cand_dets.extend(c)
             ref_dets.extend(r)
             if ref_end2end:
