@@ -130,20 +130,11 @@ _ORT_PROVIDERS: tuple[str, ...] = (
     "ACLExecutionProvider",
     "ArmNNExecutionProvider",
 )
-# Providers with real fp16 kernels. ORT's CPU provider has few fp16 kernels: an fp16 graph on it runs
-# Cast-wrapped fp32 kernels and is slower than the fp32 graph, so fp16 needs one of these in the list.
-_ORT_FP16_PROVIDERS: frozenset[str] = frozenset(
-    {
-        "CUDAExecutionProvider",
-        "TensorrtExecutionProvider",
-        "DmlExecutionProvider",
-        "ROCMExecutionProvider",
-        "MIGraphXExecutionProvider",
-        "CoreMLExecutionProvider",
-        "WebGpuExecutionProvider",
-        "QNNExecutionProvider",
-    }
-)
+# Why a backend does not offer a precision (see TargetProfile.buildable_precisions).
+_WHY_NOT = {
+    "fp16": "ONNX Runtime's CPU kernels are fp32/int8, so an fp16 graph runs Cast-wrapped and slower than fp32",
+    "bf16": "bf16 is an OpenVINO CPU precision (AVX512-BF16/AMX)",
+}  # fp32 and int8 are built for every backend
 
 # TensorRT that each JetPack release ships (NVIDIA release notes); used to catch a profile whose
 # ``tensorrt.version`` range can never be met on its ``tensorrt.jetpack``. Unknown releases are not checked.
@@ -789,26 +780,17 @@ class TargetProfile(_Document):
         chain = self.precision_chain()
         int8 = "int8" in chain
 
-        # Precisions the backend cannot serve well.
-        ort = self.onnxruntime
-        if (
-            ort is not None
-            and "fp16" in chain
-            and not _ORT_FP16_PROVIDERS.intersection(ort.execution_providers)
-        ):
-            add(
-                "precision" if self.precision == "fp16" else "fallbacks",
-                "fp16 with only CPU execution providers runs slower than fp32 (ONNX Runtime's CPU "
-                "kernels are fp32/int8); use fp32 or int8, or list a GPU provider",
-            )
+        # Precisions this backend/device cannot build (export() refuses the same, from the same method).
+        buildable = self.buildable_precisions()
+        for precision in dict.fromkeys(chain):
+            if precision not in buildable:
+                add(
+                    "precision" if self.precision == precision else "fallbacks",
+                    f"{precision} is not built for {self.backend}"
+                    f"{' on ' + self.openvino.device if self.openvino else ''}: {_WHY_NOT[precision]}; "
+                    f"use {' or '.join(sorted(buildable))}",
+                )
         ov = self.openvino
-        if "bf16" in chain and (self.backend != "openvino" or (ov is not None and ov.device != "CPU")):
-            where = self.backend if self.backend != "openvino" else f"OpenVINO {ov.device if ov else ''}"
-            add(
-                "precision" if self.precision == "bf16" else "fallbacks",
-                f"bf16 is an OpenVINO CPU precision (AVX512-BF16/AMX), not for {where.strip()}; "
-                "use fp16 or fp32",
-            )
         if ov is not None and "fp32" in chain and ov.inference_precision_hint != "f32":
             add(
                 "openvino.inference_precision_hint",
@@ -876,12 +858,21 @@ class TargetProfile(_Document):
 
     # ---- derived views -------------------------------------------------------------------------------
 
+    def buildable_precisions(self) -> set[str]:
+        """Precisions edge-lora builds for this backend and device (the schema checks the chain against it)."""
+        if self.backend == "onnxruntime":
+            return {"fp32", "int8"}
+        if self.backend == "openvino":
+            cpu = self.openvino is None or self.openvino.device == "CPU"
+            return {"fp32", "fp16", "int8"} | ({"bf16"} if cpu else set())
+        return {"fp32", "fp16", "int8"}
+
     def precision_chain(self) -> list[ConcretePrecision]:
         """Precisions to try, in order: ``precision`` then ``fallbacks``, with ``auto`` expanded.
 
-        ``auto`` means int8, then the backend's best float: fp16 on TensorRT, on OpenVINO GPU/NPU/AUTO and on
-        ONNX Runtime with a GPU provider; bf16 then fp32 on OpenVINO CPU (bf16 is only faster on CPUs with
-        AVX512-BF16 or AMX, which the measurement decides); fp32 otherwise.
+        ``auto`` means int8, then the backend's best float: fp16 on TensorRT and on OpenVINO GPU/NPU/AUTO;
+        bf16 then fp32 on OpenVINO CPU (bf16 is only faster on CPUs with AVX512-BF16 or AMX, which the
+        measurement decides); fp32 on ONNX Runtime.
         """
         if self.precision != "auto":
             return [self.precision, *self.fallbacks]
@@ -892,8 +883,7 @@ class TargetProfile(_Document):
                 return ["int8", "bf16", "fp32"]
             best = "fp16"
         else:
-            eps = self.onnxruntime.execution_providers if self.onnxruntime else []
-            best = "fp16" if _ORT_FP16_PROVIDERS.intersection(eps) else "fp32"
+            best = "fp32"
         return ["int8", best]
 
     @property

@@ -356,7 +356,7 @@ BROKEN = [
         "backend",
         "cannot run on family cpu",
     ),
-    ("ort-fp16-cpu", cpu_profile, _set("precision", "fp16"), "precision", "CPU execution providers"),
+    ("ort-fp16-cpu", cpu_profile, _set("precision", "fp16"), "precision", "CPU kernels are fp32/int8"),
     (
         "ort-ep-typo",
         cpu_profile,
@@ -402,7 +402,7 @@ BROKEN = [
         },
         None,
         "precision",
-        "not for OpenVINO GPU",
+        "not built for openvino on GPU",
     ),
     (
         "ov-hint-fp32",
@@ -738,3 +738,18 @@ def test_wheel_ships_profiles(tmp_path: Path) -> None:
     where, listed, recipe = run.stdout.split()
     assert where.startswith(str(site))
     assert set(listed.split(",")) == set(P.list_profiles()) and recipe == "default"
+
+
+def test_buildable_precisions_are_what_export_accepts(tmp_path: Path) -> None:
+    """One method says what can be built: the schema checks a profile's chain with it, export() a --precision."""
+    from edge_lora.errors import InputError
+    from edge_lora.export.api import export
+
+    assert P.load_profile("cpu-onnxruntime").buildable_precisions() == {"fp32", "int8"}
+    assert "bf16" in P.load_profile("intel-openvino").buildable_precisions()
+    assert "bf16" not in P.load_profile("intel-igpu-openvino").buildable_precisions()
+    for name in P.list_profiles():
+        profile = P.load_profile(name)
+        assert set(profile.precision_chain()) <= profile.buildable_precisions(), name
+    with pytest.raises(InputError, match="--precision bf16: openvino .* builds fp16, fp32, int8"):
+        export(tmp_path / "m.pt", "intel-igpu-openvino", tmp_path / "out", precisions=["bf16"])

@@ -21,13 +21,6 @@ from typing import Any
 from edge_lora.errors import InputError, ToolError
 from edge_lora.fileio import atomic_output_dir, check_output, sha256_file
 
-# What each backend can build (a profile's schema enforces the same for its own chain).
-BACKEND_PRECISIONS = {
-    "onnxruntime": {"fp32", "int8"},
-    "openvino": {"fp32", "fp16", "bf16", "int8"},  # bf16: CPU only (an FP32 IR computed in bfloat16)
-    "tensorrt": {"fp32", "fp16", "int8"},
-}
-
 
 @dataclass
 class Artifact:
@@ -120,9 +113,7 @@ def export(
     profile, _ = resolve_target(str(target))
     model, out = Path(model), Path(out)
     chain = precisions or profile.precision_chain()
-    offered = set(BACKEND_PRECISIONS[profile.backend])
-    if profile.openvino is not None and profile.openvino.device != "CPU":
-        offered.discard("bf16")
+    offered = profile.buildable_precisions()  # what the schema checked the profile's own chain against
     for p in chain:
         if p not in offered:
             raise InputError(
@@ -229,7 +220,7 @@ def _accuracy_control(profile, data: Path | None, calib_set):
     from edge_lora.export.openvino_export import AccuracyControl
 
     if data is None:
-        raise InputError(f"{profile.name} asks for accuracy-aware INT8: pass --data (labelled val images)")
+        raise InputError(f"{profile.name} asks for accuracy-aware INT8: pass --data (labelled images)")
     recipe = profile.load_calibration()
     limit = getattr(recipe, "validation_images", None) or 100
     split = getattr(recipe, "validation_split", "train")
