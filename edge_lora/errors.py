@@ -4,7 +4,8 @@ Everything a user can cause (a wrong path, a bad YAML, a tampered file) raises a
 :class:`EdgeLoraError`. The CLI prints its message on one line without a traceback and exits with
 its ``exit_code``; anything else is a bug and keeps its traceback.
 
-Exit codes: 0 pass, 1 a gate failed, 2 usage or input error, 3 a tool (exporter, runtime) failed.
+Exit codes: 0 pass, 1 a gate failed, 2 usage or input error, 3 a tool (exporter, runtime) failed,
+4 an output could not be written (no space left on the device).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ EXIT_OK = 0
 EXIT_GATE_FAILED = 1
 EXIT_USAGE = 2
 EXIT_TOOL_FAILED = 3
+EXIT_NO_SPACE = 4
 
 
 class EdgeLoraError(Exception):
@@ -41,6 +43,10 @@ class ProfileError(InputError):
     """A target profile or calibration recipe is unknown or fails schema validation."""
 
 
+class ReferenceAccuracyError(InputError):
+    """The unmerged reference scores far below what the adapter recorded: the build is misconfigured."""
+
+
 class OutputExistsError(InputError):
     """The output path exists and ``--overwrite`` was not given."""
 
@@ -53,6 +59,16 @@ class ToolError(EdgeLoraError):
 
 class MergeParityError(ToolError):
     """The merged model does not reproduce the unmerged model's outputs within tolerance."""
+
+
+class NoSpaceError(EdgeLoraError):
+    """A write failed because its filesystem is full (ENOSPC) or over quota; nothing half-written is left.
+
+    Not an ``OSError`` on purpose: callers that clean up on ``OSError`` see it once, and the CLI maps it
+    to its own exit code instead of "a gate failed".
+    """
+
+    exit_code = EXIT_NO_SPACE
 
 
 class GateFailed(EdgeLoraError):

@@ -6,6 +6,7 @@ Torch-free on purpose: the device side uses it too.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -15,9 +16,59 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from edge_lora.errors import OutputExistsError
+from edge_lora.errors import NoSpaceError, OutputExistsError
 
 _CHUNK = 1 << 20
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def is_no_space(error: BaseException) -> bool:
+    """True for an ``OSError`` that means the filesystem is full or over quota."""
+    return isinstance(error, OSError) and error.errno in _NO_SPACE
+
+
+def _free_bytes(path: Path) -> int | None:
+    for folder in (path, *path.parents):
+        if folder.exists():
+            try:
+                return shutil.disk_usage(folder).free
+            except OSError:
+                return None
+    return None
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+def no_space_error(error: OSError, path: str | Path, needed: int | None = None) -> NoSpaceError:
+    """The one-line :class:`NoSpaceError` for ``error``: the path, the space needed if known, the space free."""
+    # The OS names the file that failed (a temp file inside ``path``, say); ``path`` is what the user asked for.
+    failed = getattr(error, "filename", None)
+    path = Path(path)
+    if failed and Path(failed) != path and path in Path(failed).parents:
+        path = Path(failed)
+    free = _free_bytes(path)
+    parts = [f"no space left on the device writing {path}"]
+    if needed is not None:
+        parts.append(f"needs {_mib(needed)}")
+    if free is not None:
+        parts.append(f"{_mib(free)} free there")
+    return NoSpaceError(
+        "; ".join(parts) + "; nothing half-written was kept: free some space and run the command again "
+        "(finished build stages are reused)"
+    )
+
+
+@contextlib.contextmanager
+def writing(path: str | Path, needed: int | None = None) -> Iterator[None]:
+    """Turn a full disk inside the block into a :class:`NoSpaceError` naming ``path``; other errors pass."""
+    try:
+        yield
+    except OSError as e:
+        if is_no_space(e):
+            raise no_space_error(e, path, needed) from e
+        raise
 
 
 def sha256_file(path: str | Path) -> str:
@@ -47,18 +98,19 @@ def dumps_json(obj: Any) -> str:
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write ``data`` to ``path`` through a temp file in the same folder and an atomic rename."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with writing(path, needed=len(data)):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
     return path
 
 
@@ -84,13 +136,16 @@ def check_output(path: str | Path, overwrite: bool, option: str = "--out") -> Pa
 def atomic_output_dir(final: str | Path, overwrite: bool = False, option: str = "--out") -> Iterator[Path]:
     """Yield a temp directory beside ``final``; on success it replaces ``final`` in one rename.
 
-    On any exception the temp directory is removed, so a failed run leaves nothing that looks complete.
+    On any exception the temp directory is removed, so a failed run leaves nothing that looks complete; a
+    full disk anywhere inside becomes a :class:`NoSpaceError` naming ``final``.
     """
     final = check_output(final, overwrite, option)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
+    with writing(final):
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
     try:
-        yield tmp
+        with writing(final):
+            yield tmp
         if final.exists():
             # Move the old one aside first so the swap is quick and never leaves a mix of both.
             old = final.with_name(f".{final.name}.old-{os.getpid()}")

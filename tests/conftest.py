@@ -103,3 +103,32 @@ def trained_adapter(tmp_path_factory: pytest.TempPathFactory, demo_data, base_ck
             extra=fast_train_args(),
         )
     )
+
+
+@pytest.fixture
+def tiny_fs(tmp_path: Path):
+    """``mount(size_kib) -> folder``: a real, small tmpfs (a full disk to write into); unmounted afterwards.
+
+    ``mount`` again on the same folder resizes it (``remount``), which is how a test "frees space". Needs
+    root with mount rights (this project's CI has them); skipped with the reason elsewhere.
+    """
+    import subprocess
+
+    mounted: list[Path] = []
+
+    def mount(size_kib: int, name: str = "fs") -> Path:
+        where = tmp_path / name
+        where.mkdir(exist_ok=True)
+        opts = f"size={size_kib}k" + (",remount" if where in mounted else "")
+        proc = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(where)], capture_output=True, text=True
+        )
+        if proc.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip() or 'mount failed'}); needs root")
+        if where not in mounted:
+            mounted.append(where)
+        return where
+
+    yield mount
+    for where in reversed(mounted):
+        subprocess.run(["umount", "-l", str(where)], capture_output=True)

@@ -23,8 +23,7 @@ def _profile(tmp_path: Path, name: str = "cpu-tiny", **gates) -> Path:
     )
     lines = [
         "extends: cpu-onnxruntime",
-        f"name: {name}",
-        f"imgsz: {IMGSZ}",
+        f"name: {name}",  # imgsz: the parent's 640; build uses the adapter's training size (IMGSZ)
         "calibration: tiny-calib.yaml",
         "bench:",
         "  warmup_runs: 1",
@@ -68,6 +67,11 @@ def test_build_produces_a_verified_runnable_bundle(built, demo_data):
     assert verify_bundle(bundle)
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["status"] == "complete"
+    # the profile says 640, the adapter was trained at IMGSZ: the build uses (and says it uses) IMGSZ
+    assert (
+        manifest["imgsz"] == [IMGSZ, IMGSZ] and f"imgsz {IMGSZ}, the adapter's training size" in first.output
+    )
+    assert summary["bundles"][0]["notes"], summary
     assert manifest["provenance"]["merged"]["sha256"] and manifest["validation"]["passed"]
     assert (bundle / "reference" / "unmerged.onnx").is_file() and (bundle / "report.md").is_file()
     assert len(list((bundle / "plots").glob("*.png"))) == 3
@@ -86,8 +90,7 @@ def test_second_build_reuses_every_stage(built):
     _, first, second, _ = built
     assert second.exit_code == 0, second.output
     for stage in ("merge:", "reference", "export:", "validate:"):
-        line = next(ln for ln in second.output.splitlines() if stage in ln)
-        assert "cached" in line, second.output
+        assert "cached" in _stage_line(second.output, stage), second.output
 
 
 def test_gate_failure_exits_1_and_leaves_a_failed_bundle(tmp_path, build_cli, demo_data, built):
@@ -104,6 +107,25 @@ def test_gate_failure_exits_1_and_leaves_a_failed_bundle(tmp_path, build_cli, de
         main, ["run", str(bundle), "--source", str(demo_data.root / "line_b" / "images" / "val")]
     )
     assert run.exit_code != 0
+
+
+def test_reference_far_below_the_adapters_own_score_stops_the_build(
+    tmp_path, build_cli, built, trained_adapter
+):
+    """A reference scoring far below what the adapter recorded at training means a misconfigured build (an
+    adapter trained at 320 px built at 640 scored 0.0007 vs 0.0115): stop, say why, exit 2, no bundle."""
+    adapter = tmp_path / "line_b"
+    shutil.copytree(trained_adapter.out, adapter)
+    meta = json.loads((adapter / "edge_lora.json").read_text())
+    meta["metrics"]["mAP50-95"] = 0.5  # what it "scored" at training; the tiny reference scores ~0 here
+    (adapter / "edge_lora.json").write_text(json.dumps(meta))
+    profile = _profile(tmp_path)
+    args = build_cli(profile, tmp_path / "dist", cache=built[0] / "dist" / ".cache")
+    args[args.index("--adapter") + 1] = str(adapter)
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 2, res.output
+    assert "far below the 0.5000 the adapter recorded" in res.output and f"--set imgsz={IMGSZ}" in res.output
+    assert not list((tmp_path / "dist").glob("line_b-*"))
 
 
 def test_tampered_bundle_is_refused(built, tmp_path):
@@ -177,10 +199,17 @@ def test_device_commands_run_without_torch(built, demo_data, tmp_path):
         ["build", "--on-device", bundle, "--data", demo_data.line_b_yaml, "--runs", "10", "--warmup", "1"],
     ):
         proc = _device_cli(*args)
-        assert proc.returncode == 0, f"{args[0]}: {proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+        # On-device validation re-measures the speedup against the *ONNX* unmerged reference, which a 64 px
+        # toy INT8 model on a busy 2-core host may miss: exit 1 (a gate failed) is a valid outcome here.
+        allowed = (0, 1) if "--on-device" in args else (0,)
+        assert proc.returncode in allowed, f"{args[0]}: {proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
     on_device = json.loads((bundle.with_name(bundle.name + ".on-device") / "validation.json").read_text())
     assert on_device["reference"]["name"].startswith("onnxruntime:unmerged")
     assert on_device["agreement"]["f1"] >= 0.9
+    accuracy_gates = [
+        c for c in on_device["gates"]["checks"] if c["name"] in ("max_map_drop", "min_agreement_f1")
+    ]
+    assert accuracy_gates and all(c["passed"] for c in accuracy_gates), on_device["gates"]
 
 
 def test_jetson_build_on_host_is_a_proxy_bundle(tmp_path, build_cli, built):
@@ -228,7 +257,7 @@ def test_precision_auto_ships_the_fastest_passing(tmp_path, build_cli, built):
     assert b["chosen"] == min(passing, key=lambda c: c["model_p50_ms"])["precision"]
 
 
-def test_openvino_auto_tries_bf16_and_the_bundle_runs_it_as_validated(tmp_path, build_cli, built):
+def test_openvino_auto_tries_bf16_and_the_bundle_runs_it_as_validated(tmp_path, build_cli, built, demo_data):
     """precision auto on an OpenVINO CPU target builds int8, bf16 and fp32; a bf16 artifact carries its
     inference precision into the manifest's runner settings, so the line runtime runs what was validated."""
     work = built[0]
@@ -247,6 +276,15 @@ def test_openvino_auto_tries_bf16_and_the_bundle_runs_it_as_validated(tmp_path, 
     assert primary["precision"] == b["chosen"]
     expected = "bf16" if b["chosen"] == "bf16" else "f32"
     assert primary["runner_settings"]["inference_precision"] == expected
+    # The IR folder is named the way ultralytics.YOLO() recognises an OpenVINO model, and it loads there.
+    assert primary["path"] == "model/model_openvino_model/model.xml"
+    from ultralytics import YOLO
+
+    image = next((demo_data.root / "line_b" / "images" / "val").glob("*.png"))
+    (pred,) = YOLO(str(bundle / "model" / "model_openvino_model"), task="detect").predict(
+        str(image), imgsz=IMGSZ, verbose=False
+    )
+    assert pred.names == {int(k): v for k, v in manifest["classes"].items()}
 
 
 def test_report_says_what_to_try_when_int8_fails_the_map_gate():
@@ -263,3 +301,42 @@ def test_report_says_what_to_try_when_int8_fails_the_map_gate():
     assert "INT8 lost 1.25" in hint and "openvino.accuracy_aware" in hint and "keep_float_nodes" in hint
     assert "calibrate_method" in _int8_hints(SimpleNamespace(backend="onnxruntime"), failed)[-1]
     assert _int8_hints(SimpleNamespace(backend="openvino"), [candidate("int8", 0.3, True)]) == []
+
+
+def _stage_line(output: str, stage: str) -> str:
+    """The line that ends ``stage`` (without a terminal, each stage also prints a '<stage> ...' start line)."""
+    return next(ln for ln in output.splitlines() if stage in ln and not ln.rstrip().endswith("..."))
+
+
+def _no_partials(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if p.name.endswith((".partial", ".tmp"))]
+
+
+def test_full_disk_is_one_line_exit_4_and_a_rerun_with_space_resumes(tmp_path, build_cli, built, tiny_fs):
+    """The bundle folder fills up: not a traceback, not exit 1 ("a gate failed"); nothing half-written; a
+    rerun after freeing space reuses every finished stage."""
+    work = built[0]
+    profile = _profile(tmp_path)
+    out = tiny_fs(256, "out")  # the bundle (~ a few MiB) does not fit
+    args = build_cli(profile, out / "dist", cache=work / "dist" / ".cache")
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 4, res.output
+    errors = [ln for ln in res.output.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "no space left" in errors[0] and str(out / "dist") in errors[0], res.output
+    assert "Traceback" not in res.output and not _no_partials(out)
+    assert not list((out / "dist").glob("*-cpu-tiny")) if (out / "dist").exists() else True
+    tiny_fs(64 * 1024, "out")  # free space
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 0, again.output
+    for stage in ("merge:", "reference", "export:", "validate:"):
+        assert "cached" in _stage_line(again.output, stage), again.output
+    assert verify_bundle(next((out / "dist").glob("*-cpu-tiny")))
+
+
+def test_full_disk_in_the_stage_cache_leaves_no_partial_stage(tmp_path, build_cli, tiny_fs):
+    cache = tiny_fs(1024, "cache")  # the merged FP32 checkpoint alone is larger
+    args = build_cli(_profile(tmp_path), tmp_path / "dist", cache=cache)
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 4, res.output
+    assert "no space left" in res.output and str(cache) in res.output and "Traceback" not in res.output
+    assert not _no_partials(cache) and not list(cache.rglob("done.json"))

@@ -511,3 +511,27 @@ def test_cli_run(cli, bundle, frames_dir, tmp_path):
     assert res.exit_code == 0, res.output
     assert [json.loads(line)["frame"] for line in res.stdout.splitlines()] == _readable(frames_dir)[:2]
     assert "images" in res.stderr
+
+
+def test_cli_run_on_a_full_disk_keeps_whole_lines_and_images(cli, bundle, demo_data, tmp_path, tiny_fs):
+    """The results folder fills up mid-run: exit 4 with one line naming the file, every JSON line that was
+    written is whole, and no half-written annotated image or temp file is left."""
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i in range(40):  # enough frames to overflow a 48 KiB folder with JSON lines and annotated PNGs
+        shutil.copy(
+            next((demo_data.root / "line_b" / "images" / "val").glob("*.png")), frames / f"f{i:03d}.png"
+        )
+    fs = tiny_fs(48)
+    out = fs / "r.jsonl"
+    res = CliRunner().invoke(
+        cli,
+        ["run", str(bundle), "--source", str(frames), "--out", str(out), "--save-annotated", str(fs / "ann")],
+    )
+    assert res.exit_code == 4, res.output
+    errors = [ln for ln in res.output.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "no space left" in errors[0] and str(fs) in errors[0], res.output
+    lines = out.read_text().splitlines() if out.exists() else []
+    assert all(json.loads(ln)["frame"] for ln in lines) and out.read_text().endswith("\n") if lines else True
+    assert not [p for p in fs.rglob("*") if p.name.startswith(".")]  # no temp files
+    assert len(lines) < 40

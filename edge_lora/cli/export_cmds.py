@@ -218,9 +218,15 @@ def build_cmd(
     status = console.status("building...")
     status.start()
 
+    logging = not console.is_terminal  # a log file or CI: no spinner, so say when a long stage starts
+
     def on_event(kind: str, d: dict) -> None:
         if kind == "stage_start":
             status.update(f"{d['stage']} ...")
+            if logging:
+                console.print(f"  {d['stage']} ...")
+        elif kind == "note":
+            console.print(f"[yellow]note[/yellow]: {d['message']}")
         elif kind == "stage_end":
             tag = "[dim]cached[/dim]" if d["cached"] else f"{d['seconds']:.1f}s"
             console.print(f"  {d['name']:<40} {tag:>14}  {d['verdict']}")

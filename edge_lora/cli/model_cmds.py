@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,11 @@ def _parse_set(values: tuple[str, ...]) -> dict[str, Any]:
 
 @click.command("demo-data")
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--train", "n_train", type=int, default=48, show_default=True, help="Training images per line.")
+# Defaults equal edge_lora.data.synth.DEFAULT_* (tests/test_data.py checks): 160 train images per line is
+# enough for the default calibration recipe (min_images 100), so `demo-data` then `build` works as is.
+@click.option(
+    "--train", "n_train", type=int, default=160, show_default=True, help="Training images per line."
+)
 @click.option("--val", "n_val", type=int, default=16, show_default=True, help="Validation images per line.")
 @click.option("--imgsz", type=int, default=160, show_default=True, help="Image side in pixels.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed (same seed, same bytes).")
@@ -149,7 +154,7 @@ def train_cmd(
     )
     if not full:
         console.print(f"LoRA r={rank} alpha={alpha:g} targets={targets} head={head}")
-    result = train(opts)
+    result = train(opts, on_epoch=None if sys.stdout.isatty() else _print_epoch)
     console.print(
         f"trainable parameters: {result.trainable_params:,} of {result.total_params:,} "
         f"({100 * result.trainable_share:.2f}%)"
@@ -162,6 +167,16 @@ def train_cmd(
         f"{what}: {result.out} ({human_bytes(result.artifact_bytes)}) in {result.seconds:.0f}s; val {metrics}"
     )
     _write_json(json_path, result.to_dict())
+
+
+def _print_epoch(r: dict) -> None:
+    """One line per epoch for logs and CI (on a terminal Ultralytics' progress bars already show it)."""
+    losses = " ".join(f"{k.replace('_loss', '')} {v:.3f}" for k, v in r["losses"].items())
+    console.print(
+        f"epoch {r['epoch']}/{r['epochs']}  loss {losses}  val mAP50-95 {r['map50_95']:.4f} "
+        f"mAP50 {r['map50']:.4f}  {r['seconds']:.0f}s"
+    )
+    sys.stdout.flush()  # a log file sees the line now, not at exit
 
 
 @click.command("merge")

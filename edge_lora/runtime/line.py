@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import glob
-import json
 import os
 import signal
 import sys
@@ -51,8 +50,10 @@ import numpy as np
 from edge_lora.bundle.manifest import BundleError, Manifest
 from edge_lora.bundle.pack import load_verified
 from edge_lora.errors import InputError
+from edge_lora.fileio import atomic_write_bytes
 from edge_lora.runtime.loader import load_runner
 from edge_lora.runtime.prepost import Detections, postprocess, preprocess
+from edge_lora.runtime.sinks import JsonlSink
 from edge_lora.validate.metrics import LatencyStats
 
 __all__ = [
@@ -573,14 +574,7 @@ class LineRuntime:
         total_s: deque[float] = deque(maxlen=self.latency_window)
         infer_s: deque[float] = deque(maxlen=self.latency_window)
         self.activate()
-        own_stream = isinstance(out_jsonl, (str, os.PathLike))
-        if own_stream:
-            Path(out_jsonl).parent.mkdir(parents=True, exist_ok=True)
-        stream: IO[str] = (
-            open(out_jsonl, "a", encoding="utf-8")  # noqa: SIM115 - closed in finally
-            if own_stream
-            else (out_jsonl if out_jsonl is not None else sys.stdout)
-        )
+        sink = JsonlSink(out_jsonl)
         start = time.perf_counter()
         try:
             with self._signals():
@@ -591,8 +585,7 @@ class LineRuntime:
                             log(f"skipped unreadable frame {frame_id}")
                         else:
                             record, lat = self._process(image, frame_id)
-                            stream.write(json.dumps(record, separators=(",", ":")) + "\n")
-                            stream.flush()
+                            sink.write(record)
                             summary.images += 1
                             if record["verdict"] == "reject":
                                 summary.rejects += 1
@@ -615,8 +608,7 @@ class LineRuntime:
             close = getattr(frames, "close", None)
             if close is not None:
                 close()
-            if own_stream:
-                stream.close()
+            sink.close()
         if summary.interrupted:
             log(f"interrupted after {summary.frames} frames")
         summary.elapsed_s = time.perf_counter() - start
@@ -634,7 +626,5 @@ class LineRuntime:
         if not ok:
             name = f"{name}.jpg"
             ok, buf = cv2.imencode(".jpg", self.annotate(image, record))
-        dest = folder / name
-        tmp = dest.with_name(f".{dest.name}.tmp")
-        tmp.write_bytes(buf.tobytes())
-        os.replace(tmp, dest)  # a consumer watching the folder never sees half an image
+        # Atomic: a consumer watching the folder never sees half an image, and a full disk leaves none.
+        atomic_write_bytes(folder / name, buf.tobytes())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Callable
 from copy import deepcopy
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -102,8 +103,23 @@ def merged_from_adapter(base_model: nn.Module, adapter_dir: Path) -> nn.Module:
     return tuner.merge_and_unload(safe_merge=True)
 
 
-def train(options: TrainOptions) -> TrainResult:
+EpochCallback = Callable[[dict[str, Any]], None]
+
+
+def _report_epochs(trainer: Any, on_epoch: EpochCallback | None) -> None:
+    """Hand :func:`epoch_record` of every finished epoch (after validation) to ``on_epoch``."""
+    if on_epoch is None:
+        return
+    from edge_lora.train.trainer import epoch_record
+
+    trainer.add_callback("on_fit_epoch_end", lambda t: on_epoch(epoch_record(t)))
+
+
+def train(options: TrainOptions, on_epoch: EpochCallback | None = None) -> TrainResult:
     """Fine-tune ``options.base`` on ``options.data`` with LoRA adapters (or every weight with ``full``).
+
+    ``on_epoch`` receives one record per finished epoch (epoch, epochs, losses, val mAP, seconds), so a
+    caller without a terminal (a log file, CI) can show progress.
 
     Returns a :class:`TrainResult`; the adapter package (or ``model.pt`` with ``full``) is in ``options.out``,
     written atomically: a failed run leaves no output directory behind.
@@ -113,7 +129,7 @@ def train(options: TrainOptions) -> TrainResult:
     check_output(options.out, options.overwrite)
     data = load_data_yaml(options.data, check_images=True)
     if options.full:
-        return _train_full(options, data)
+        return _train_full(options, data, on_epoch)
     if Path(options.base).suffix.lower() in (".yaml", ".yml"):
         raise InputError(
             f"--base {options.base}: LoRA adapts trained weights, a model YAML has none; "
@@ -172,6 +188,7 @@ def train(options: TrainOptions) -> TrainResult:
             "name": "training",
         }
         trainer = LoraDetectionTrainer(model, trainable, write, evaluate, overrides)
+        _report_epochs(trainer, on_epoch)
         trainer.train()
         seconds = time.perf_counter() - start
         for label, trained in (("model", trainer.model), ("EMA model", trainer.ema.ema)):
@@ -238,7 +255,7 @@ def _load_into(model: nn.Module, adapter_dir: Path) -> nn.Module:
     return copy
 
 
-def _train_full(options: TrainOptions, data: Any) -> TrainResult:
+def _train_full(options: TrainOptions, data: Any, on_epoch: EpochCallback | None = None) -> TrainResult:
     """Plain Ultralytics fine-tuning of every weight (the demo's base, the benchmark's baseline)."""
     from ultralytics.models.yolo.detect import DetectionTrainer
 
@@ -254,6 +271,7 @@ def _train_full(options: TrainOptions, data: Any) -> TrainResult:
             "name": "training",
         }
         trainer = DetectionTrainer(overrides=overrides)
+        _report_epochs(trainer, on_epoch)
         trainer.train()
         seconds = time.perf_counter() - start
         best = trainer.best if trainer.best.exists() else trainer.last

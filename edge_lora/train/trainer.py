@@ -24,6 +24,49 @@ from torch import nn
 from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.utils.torch_utils import ModelEMA, unwrap_model
 
+from edge_lora.errors import ToolError
+
+#: The private ``DetectionTrainer`` hooks this module overrides or relies on. They are not a public API, so
+#: pyproject.toml pins the tested Ultralytics range and a release that renamed one is refused up front
+#: (instead of training silently without the frozen-base guarantees).
+OVERRIDDEN_HOOKS = ("_setup_train", "_build_train_pipeline", "_model_train", "save_model", "final_eval")
+
+
+def check_trainer_hooks() -> None:
+    """Raise :class:`ToolError` when the installed Ultralytics lacks a hook the adapter trainer overrides."""
+    missing = [h for h in OVERRIDDEN_HOOKS if not callable(getattr(DetectionTrainer, h, None))]
+    if missing:
+        import ultralytics
+
+        raise ToolError(
+            f"ultralytics {ultralytics.__version__} has no DetectionTrainer.{', '.join(missing)}, which edge-lora's "
+            "adapter trainer overrides; install the tested range (pip install 'ultralytics>=8.4.190,<8.5')"
+        )
+
+
+def epoch_record(trainer: DetectionTrainer) -> dict[str, Any]:
+    """One epoch's progress as plain numbers: epoch (1-based), epochs, mean losses, val metrics, seconds.
+
+    Read from the trainer after ``on_fit_epoch_end``; shared by LoRA and full training so a log shows the
+    same line for both.
+    """
+    tloss = trainer.tloss
+    if tloss is None:
+        losses = {}
+    elif hasattr(tloss, "items"):  # Ultralytics 8.4: a dict of mean losses by name
+        losses = dict(tloss.items())
+    else:  # older: a tensor in loss_names order
+        losses = dict(zip(trainer.loss_names, torch.as_tensor(tloss).flatten().tolist(), strict=False))
+    metrics = trainer.metrics or {}
+    return {
+        "epoch": trainer.epoch + 1,
+        "epochs": trainer.epochs,
+        "losses": {k: round(float(v), 4) for k, v in losses.items()},
+        "map50_95": float(metrics.get("metrics/mAP50-95(B)", float("nan"))),
+        "map50": float(metrics.get("metrics/mAP50(B)", float("nan"))),
+        "seconds": round(float(getattr(trainer, "epoch_time", None) or 0.0), 1),
+    }
+
 
 class AdapterEMA(ModelEMA):
     """Ultralytics' EMA restricted to the trainable tensors; frozen tensors are never touched."""
@@ -56,6 +99,7 @@ class LoraDetectionTrainer(DetectionTrainer):
         evaluate_adapter: Callable[[Path], nn.Module],
         overrides: dict[str, Any],
     ) -> None:
+        check_trainer_hooks()
         super().__init__(overrides=overrides)
         self.model = prepared_model  # setup_model() then keeps it instead of building one
         self.trainable = list(trainable)
