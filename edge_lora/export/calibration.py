@@ -34,7 +34,7 @@ import numpy as np
 
 from edge_lora.errors import DataError, InputError
 from edge_lora.fileio import atomic_write_json, check_output, sha256_bytes, sha256_file, sha256_json
-from edge_lora.profiles import CalibRecipe, load_recipe
+from edge_lora.profiles import CalibRecipe, list_recipes, load_recipe
 
 __all__ = [
     "CALIBRATION_FILE",
@@ -44,6 +44,7 @@ __all__ = [
     "CalibrationSet",
     "OrtCalibrationReader",
     "StaleCalibrationError",
+    "accepting_recipes",
     "assert_fresh",
     "calibration_key",
     "calibration_record",
@@ -379,10 +380,14 @@ def select_calibration(
 
     if len(candidates) < recipe_obj.min_images:
         after = f" ({dropped} duplicates dropped)" if dropped else ""
+        raw = spec.splits[split]
+        # The hint counts the split as each shipped recipe would: with or without copies. Without dedupe
+        # here the unique count is unknown, so hash now (only on this error path).
+        n_unique = len(candidates) if recipe_obj.dedupe else len({sha256_file(p) for p in raw})
         raise DataError(
             f"data YAML {spec.yaml_path}: split '{split}' has {len(candidates)} usable images{after}, fewer "
             f"than the {recipe_obj.min_images} that calibration recipe '{recipe_obj.name}' requires "
-            "(min_images); add images or choose a recipe with a smaller min_images (e.g. fast)"
+            f"(min_images); {_recipe_hint(split, n_unique=n_unique, n_all=len(raw))}"
         )
 
     classes = {p: _label_classes(label_path(p)) for p in candidates}
@@ -438,6 +443,53 @@ def select_calibration(
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(json_path, record)
     return CalibrationSet(out_dir, record)
+
+
+def accepting_recipes(split: str, *, n_unique: int, n_all: int | None = None) -> list[CalibRecipe]:
+    """The shipped calibration recipes that accept a ``split`` of this many images, largest first.
+
+    Args:
+        split: the dataset split a recipe must draw from to count (a recipe for another split is skipped:
+            its image count is not known here).
+        n_unique: images in the split after dropping byte-identical copies (what a ``dedupe`` recipe counts).
+        n_all: images in the split with copies (what a recipe without ``dedupe`` counts); default
+            ``n_unique``.
+
+    Returns:
+        Recipes with ``min_images`` <= their count, by descending ``num_images`` (the most thorough first).
+    """
+    n_all = n_unique if n_all is None else n_all
+    ok = []
+    for name in list_recipes():
+        r = load_recipe(name)
+        if r.split == split and r.min_images <= (n_unique if r.dedupe else n_all):
+            ok.append(r)
+    return sorted(ok, key=lambda r: (-r.num_images, r.name))
+
+
+def _recipe_hint(split: str, *, n_unique: int, n_all: int) -> str:
+    """What to do when a recipe finds too few images in ``split``: name only recipes that would accept it.
+
+    The refused recipe never appears: it is filtered out by the same count that refused it.
+    """
+    ok = accepting_recipes(split, n_unique=n_unique, n_all=n_all)
+    if ok:
+        names = ", ".join(f"'{r.name}' (min_images {r.min_images})" for r in ok)
+        first = ok[0].name  # the most thorough one that fits, spelled out as the user would type it
+        return (
+            f"add images, or choose a recipe that accepts them: {names} "
+            f"(edge-lora calib --recipe {first}; build/export --set calibration={first})"
+        )
+    shipped = [r for r in (load_recipe(n) for n in list_recipes()) if r.split == split]
+    if not shipped:
+        return f"add images (no shipped recipe draws from split '{split}')"
+    smallest = min(shipped, key=lambda r: (r.min_images, r.name))
+    missing = smallest.min_images - (n_unique if smallest.dedupe else n_all)
+    return (
+        f"no shipped recipe accepts so few (the smallest, '{smallest.name}', needs {smallest.min_images}: "
+        f"add {missing} more images), or write a recipe YAML with a lower min_images "
+        "(edge-lora calib --recipe FILE.yaml; build/export --set calibration=FILE.yaml)"
+    )
 
 
 def _label_classes(label: Path) -> frozenset[int]:
