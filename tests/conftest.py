@@ -20,6 +20,17 @@ IMGSZ = 64
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 
+#: Fixtures that train, export or build (seconds each, once per session or module). A test using one is
+#: marked ``slow`` automatically, so ``make test-fast`` (``-m "not slow"``) stays the quick unit tier however
+#: tests are added; whole modules of end-to-end tests also carry ``pytestmark = pytest.mark.slow``.
+SLOW_FIXTURES = frozenset({"trained_adapter", "onnx_model", "detectors", "built", "bundle"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session")
 def demo_data(tmp_path_factory: pytest.TempPathFactory):

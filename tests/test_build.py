@@ -15,6 +15,8 @@ from conftest import IMGSZ
 from edge_lora.bundle.pack import verify_bundle
 from edge_lora.cli.main import main
 
+pytestmark = pytest.mark.slow  # end to end: trains, exports or builds tiny models
+
 
 def _profile(tmp_path: Path, name: str = "cpu-tiny", **gates) -> Path:
     (tmp_path / "tiny-calib.yaml").write_text(

@@ -26,6 +26,8 @@ from edge_lora.export.policy import QuantPolicy, find_detect_head, nodes_to_keep
 from edge_lora.profiles import CalibRecipe, load_profile
 from edge_lora.runtime.prepost import preprocess
 
+pytestmark = pytest.mark.slow  # end to end: trains, exports or builds tiny models
+
 IMGSZ26 = 128
 IMGSZ11 = 64
 

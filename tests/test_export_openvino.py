@@ -30,6 +30,8 @@ from edge_lora.profiles import CalibRecipe, OpenVinoSettings, load_profile
 from edge_lora.runtime.openvino_rt import OpenVinoRunner
 from edge_lora.runtime.prepost import preprocess
 
+pytestmark = pytest.mark.slow  # end to end: trains, exports or builds tiny models
+
 IMGSZ = 64
 
 

@@ -33,6 +33,8 @@ from edge_lora.export.tensorrt_export import (
 from edge_lora.fileio import sha256_file
 from edge_lora.profiles import CalibRecipe, load_profile
 
+pytestmark = pytest.mark.slow  # end to end: trains, exports or builds tiny models
+
 IMGSZ = 64
 SKIP_DEVICE = "no CUDA device / tensorrt not installed: engine builds run on the device"
 

@@ -14,6 +14,8 @@ from edge_lora.cli.main import main
 from edge_lora.errors import InputError
 from edge_lora.validate.compare import validate
 
+pytestmark = pytest.mark.slow  # end to end: trains, exports or builds tiny models
+
 
 @pytest.fixture(scope="module")
 def merged_onnx(tmp_path_factory, trained_adapter, base_ckpt, demo_data) -> Path:
