@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
-import tomllib
 
 from conftest import REPO
 
@@ -26,7 +26,6 @@ def test_fast_tier_leaves_out_the_end_to_end_tests():
 
 
 def test_packaging_metadata_is_current():
-    meta = tomllib.loads((REPO / "pyproject.toml").read_text())
-    assert isinstance(meta["project"]["license"], str)  # SPDX string; TOML tables stop building in 2027
-    (ultralytics,) = [d for d in meta["project"]["dependencies"] if d.startswith("ultralytics")]
-    assert "<" in ultralytics  # private trainer hooks: the tested range is pinned
+    text = (REPO / "pyproject.toml").read_text()  # (tomllib is 3.11+; the project supports 3.10)
+    assert re.search(r'^license = "[A-Za-z0-9.+-]+"$', text, re.M)  # SPDX; TOML tables stop building in 2027
+    assert re.search(r'"ultralytics>=[\d.]+,<[\d.]+"', text)  # private trainer hooks: tested range pinned
