@@ -19,6 +19,7 @@ import yaml
 from edge_lora import profiles as P
 from edge_lora.errors import ProfileError
 from edge_lora.fileio import sha256_json
+from edge_lora.profiles import loader, sections
 
 REPO = Path(__file__).resolve().parents[1]
 REQUIRED = {
@@ -69,7 +70,7 @@ def write(tmp_path: Path, data: dict[str, Any] | str, name: str = "my-profile.ya
 
 def shown(path: Path) -> str:
     """How messages name a file: relative to the working directory when inside it, else as given."""
-    return P._display(path)
+    return loader._display(path)
 
 
 def load_error(path: Path) -> str:
@@ -592,8 +593,15 @@ def test_version_satisfies() -> None:
     assert not P.version_satisfies("11.0", ">=10.0,<11")
     assert P.version_satisfies("10.3", "==10.3.0")
     assert P.version_satisfies("10.3.0.post1", ">=10.3")
-    with pytest.raises(ValueError, match="bad version range"):
-        P.version_satisfies("10.3", "~10")
+    # Only the numeric release part counts (packaging alone would order 10.3.0.post1 after 10.3, rc1 before).
+    assert P.version_satisfies("10.3.0.post1", "<=10.3") and P.version_satisfies("10.3.0rc1", ">=10.3")
+    assert P.version_satisfies("8.6.2-1+cuda12.2", "==8.6.2") and not P.version_satisfies("10.3", "!=10.3.0")
+    # The range language stays the operators profiles always had; PEP 440's ~=, wildcards and === are refused.
+    for spec in ("~10", "10", "~=10.0", "==10.*", "===10.3", ">=10,", ""):
+        with pytest.raises(ValueError, match="bad version range"):
+            P.version_satisfies("10.3", spec)
+    with pytest.raises(ValueError, match="not a numeric version"):
+        P.version_satisfies("v10", ">=10")
 
 
 def test_module_is_torch_free() -> None:
@@ -601,6 +609,18 @@ def test_module_is_torch_free() -> None:
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "[]"
+
+
+def test_bundle_manifest_shares_error_plumbing_not_profiles() -> None:
+    """The device-side manifest reads its errors through edge_lora.schema_errors, not the profile package."""
+    code = (
+        "import sys, edge_lora.bundle.manifest as M, edge_lora.schema_errors as E; "
+        "print(sorted(m for m in ('torch', 'ultralytics', 'edge_lora.profiles') if m in sys.modules), "
+        "M._raise_if is E.raise_if)"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[] True"
 
 
 def test_extends_is_file_only() -> None:
@@ -612,7 +632,7 @@ def test_extends_is_file_only() -> None:
 
 def test_known_execution_providers_cover_onnxruntime() -> None:
     ort = pytest.importorskip("onnxruntime")
-    missing = set(ort.get_all_providers()) - set(P._ORT_PROVIDERS)
+    missing = set(ort.get_all_providers()) - set(sections._ORT_PROVIDERS)
     assert not missing, f"profiles would refuse valid providers: {sorted(missing)}"
 
 
@@ -657,7 +677,7 @@ def test_from_source_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
     def not_installed(package: str):
         raise ModuleNotFoundError(package)
 
-    monkeypatch.setattr(P.resources, "files", not_installed)
+    monkeypatch.setattr(loader.resources, "files", not_installed)
     assert set(P.list_profiles()) >= REQUIRED
     assert P.load_profile("rpi5").name == "rpi5"
 
@@ -674,7 +694,7 @@ def test_importlib_resources_package(monkeypatch: pytest.MonkeyPatch, tmp_path: 
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         monkeypatch.setitem(sys.modules, f"edge_lora.{kind}", module)
-    monkeypatch.setattr(P, "_repo_dir", lambda kind: tmp_path / "nowhere" / kind)
+    monkeypatch.setattr(loader, "_repo_dir", lambda kind: tmp_path / "nowhere" / kind)
     (tmp_path / "targets" / "rpi5.yaml").write_text(
         (REPO / "targets" / "rpi5.yaml").read_text().replace("min_speedup: 1.0", "min_speedup: 2.0")
     )

@@ -23,11 +23,10 @@ Torch-free: the device side reads manifests.
 
 from __future__ import annotations
 
-import difflib
 import json
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, is_dataclass
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
@@ -45,7 +44,8 @@ from pydantic import (
 
 from edge_lora.errors import EXIT_GATE_FAILED, EdgeLoraError, InputError
 from edge_lora.fileio import dumps_json, sha256_json
-from edge_lora.schema import model_at
+from edge_lora.schema_errors import field_names_at, flatten, summary, unknown_key
+from edge_lora.schema_errors import raise_if as _raise_if
 
 __all__ = [
     "BUNDLE_KIND",
@@ -100,19 +100,6 @@ class BundleFailed(EdgeLoraError):
 # --------------------------------------------------------------------------------------------------------
 
 Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
-
-
-class _Problems(ValueError):
-    """Cross-field problems, each with the dotted field it concerns (relative to the validating model)."""
-
-    def __init__(self, problems: list[tuple[str, str]]) -> None:
-        super().__init__("; ".join(f"{path}: {msg}" for path, msg in problems))
-        self.problems = problems
-
-
-def _raise_if(problems: list[tuple[str, str]]) -> None:
-    if problems:
-        raise _Problems(problems)
 
 
 def check_relative_path(path: str) -> str | None:
@@ -478,28 +465,11 @@ class Manifest(_Strict):
 # --------------------------------------------------------------------------------------------------------
 
 
-def _dotted(loc: Sequence[str | int]) -> str:
-    out = ""
-    for part in loc:
-        if part == "[key]":
-            out += " (key)"
-        elif isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out or "(top level)"
-
-
 def _describe(err: Mapping[str, Any]) -> str:
     loc = tuple(err["loc"])
     kind = err["type"]
     if kind == "extra_forbidden":
-        parent = model_at(Manifest, loc[:-1])
-        allowed = sorted(parent.model_fields) if parent is not None else []
-        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1, cutoff=0.6)
-        if close:
-            return f"unknown key; did you mean {close[0]!r}?"
-        return f"unknown key; allowed here: {', '.join(allowed)}" if allowed else "unknown key"
+        return unknown_key(loc[-1], field_names_at(Manifest, loc))
     if kind == "missing":
         return "required but missing"
     msg = str(err["msg"]).removeprefix("Value error, ")
@@ -515,22 +485,7 @@ def _describe(err: Mapping[str, Any]) -> str:
 
 
 def _schema_error(exc: ValidationError, where: str) -> BundleError:
-    problems: list[tuple[tuple[str | int, ...], str]] = []
-    errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
-    for err in errors:
-        loc = tuple(err["loc"])
-        cause = (err.get("ctx") or {}).get("error")
-        if isinstance(cause, _Problems):
-            for path, msg in cause.problems:
-                parts = tuple(
-                    int(t[1:-1]) if t.startswith("[") else t for t in re.findall(r"[^.\[\]]+|\[\d+\]", path)
-                )
-                problems.append((loc + parts, msg))
-        else:
-            problems.append((loc, _describe(err)))
-    loc, msg = problems[0]
-    more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
-    return BundleError(f"{where}: field '{_dotted(loc)}': {msg}{more}")
+    return BundleError(f"{where}: {summary(flatten(exc, _describe))}")
 
 
 # --------------------------------------------------------------------------------------------------------
