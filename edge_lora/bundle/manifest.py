@@ -541,7 +541,7 @@ def default_thresholds(classes: Mapping[int, str], conf: float = DEFAULT_CONF) -
 
 
 def _target_fields(target: Any) -> Any:
-    # A TargetProfile (duck-typed: profiles.py is not imported here) becomes {name, sha256, profile}.
+    # A TargetProfile (duck-typed: edge_lora.profiles is not imported here) becomes {name, sha256, profile}.
     if hasattr(target, "resolved_dict") and hasattr(target, "sha256"):
         return {"name": target.name, "sha256": target.sha256(), "profile": target.resolved_dict()}
     return target
