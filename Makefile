@@ -7,7 +7,7 @@ CLI    := $(VENV)/bin/edge-lora
 STAMP  := $(VENV)/.installed
 DEMO   ?= demo_out
 
-.PHONY: install test test-fast lint format demo bench clean
+.PHONY: install test test-fast lint format demo bench clean gpu-wheels gpu-check-cpu
 
 install: $(STAMP)
 
@@ -40,6 +40,15 @@ demo: $(STAMP)
 # Benchmarks on DeepPCB (../shared); slow, not part of CI. Results land in benchmarks/results/.
 bench: $(STAMP)
 	$(PY) benchmarks/lora_vs_full.py
+
+# The GPU check (scripts/gpu_check.sh) runs on a lent GPU machine that has PyTorch but no package registry:
+# this fills .whl/ with the wheels it lacks (~6 MiB; the device run carries [".whl"]).
+gpu-wheels: $(STAMP)
+	PY=$(PY) bash scripts/gpu_wheels.sh
+
+# The GPU check's steps here, on the CPU (--device cpu, .venv; ~8 min on 2 cores).
+gpu-check-cpu: $(STAMP)
+	GPU_CHECK_DEVICE=cpu bash scripts/gpu_check.sh
 
 clean:
 	rm -rf $(DEMO) .pytest_cache .ruff_cache
