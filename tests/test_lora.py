@@ -124,8 +124,12 @@ def test_frozen_check_detects_a_changed_bn_buffer(base_ckpt):
 def test_adapter_package_lists_and_hashes_files(trained_adapter):
     meta = json.loads((trained_adapter.out / "edge_lora.json").read_text())
     assert set(meta["files"]) == {"adapter_model.safetensors", "adapter_config.json"}
+    assert meta["schema_version"] == 2
     config = json.loads((trained_adapter.out / "adapter_config.json").read_text())
     assert config["peft_type"] == "LORA" and config["r"] == 4
+    assert config["modules_to_save"] is None  # frozen head: LoRA only
+    keys = load_file(str(trained_adapter.out / "adapter_model.safetensors"))
+    assert keys and all(k.startswith("base_model.model.model.") for k in keys)  # PEFT's key names
     assert not list(trained_adapter.out.glob("*.pt")), "an adapter package must not contain pickles"
 
 
@@ -239,9 +243,30 @@ def test_rebuilt_head_for_new_classes(tmp_path, base_ckpt, demo_data):
         )
     )
     assert result.head_mode == "rebuild"
-    assert (result.out / "head.safetensors").is_file()
+    # The dense class branches are PEFT modules_to_save, in adapter_model.safetensors (no head.safetensors).
+    assert not (result.out / "head.safetensors").exists()
+    config = json.loads((result.out / "adapter_config.json").read_text())
+    head = f"model.{len(load_detection_model(base_ckpt).model.model) - 1}"
+    assert config["modules_to_save"] and all(
+        m.startswith((f"{head}.cv3.", f"{head}.one2one_cv3.")) for m in config["modules_to_save"]
+    )
+    saved = load_file(str(result.out / "adapter_model.safetensors"))
+    assert any(k.startswith(f"base_model.model.{head}.cv3.") for k in saved)
     report = merge(base_ckpt, result.out, tmp_path / "m.pt", data=tmp_path / "two.yaml")
     assert report.parity.passed
+
+    # PEFT loads the trained adapter onto the base with its head rebuilt, and predicts what edge-lora does.
+    from peft import PeftModel
+
+    from edge_lora.train.adapter_io import peft_base_model
+
+    base = load_detection_model(base_ckpt).model
+    unmerged, _ = build_adapted_model(base, read_adapter(result.out))
+    peft_model = PeftModel.from_pretrained(peft_base_model(base, result.out), str(result.out)).eval()
+    x = torch.rand(2, 3, IMGSZ, IMGSZ, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        want, got = unmerged(x)[0], peft_model(x)[0]
+    assert got.shape == want.shape and (got - want).abs().max() <= 1e-5 * want.abs().max()
     from ultralytics import YOLO
 
     assert YOLO(str(tmp_path / "m.pt")).names == {0: "crack", 1: "void"}

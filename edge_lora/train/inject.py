@@ -28,7 +28,7 @@ class TargetPlan:
     head_mode: str  # resolved head mode: frozen | train | rebuild
     dense_prefixes: list[str] = field(
         default_factory=list
-    )  # modules trained densely (saved in head.safetensors)
+    )  # modules trained densely (saved as PEFT ``modules_to_save``, see :func:`dense_modules`)
 
 
 def head_index(model: nn.Module) -> int:
@@ -167,10 +167,17 @@ def inject_lora(model: nn.Module, config: Any) -> Any:
 
     The Ultralytics ``DetectionModel`` keeps its class and its ``model.N`` layout (only the inner
     ``nn.Conv2d`` of each targeted ``Conv`` block is wrapped), so the Ultralytics trainer, loss and
-    validator work on it unchanged.
+    validator work on it unchanged. For that reason a config's ``modules_to_save`` (the densely trained head,
+    as an adapter package records it for PEFT) is not applied here: PEFT would wrap those modules in
+    ``ModulesToSaveWrapper`` copies; edge-lora trains and loads the dense head tensors on the plain modules.
     """
+    from copy import deepcopy
+
     from peft.tuners.lora import LoraModel
 
+    if getattr(config, "modules_to_save", None):
+        config = deepcopy(config)
+        config.modules_to_save = None
     return LoraModel(model, config, ADAPTER_NAME)
 
 
@@ -193,6 +200,36 @@ def dense_state(model: nn.Module, dense_prefixes: list[str]) -> dict[str, torch.
     for name, t in model.state_dict().items():
         if any(name.startswith(p + ".") for p in dense_prefixes) and ".dfl." not in name:
             out[name.replace(".base_layer.", ".")] = t.detach().clone().contiguous()
+    return out
+
+
+def dense_modules(model: nn.Module, dense_prefixes: list[str]) -> list[str]:
+    """The modules holding the densely trained tensors, as PEFT's ``modules_to_save`` names them.
+
+    PEFT wraps each of them in a ``ModulesToSaveWrapper``, which cannot wrap a ``ModuleList`` (``Detect``
+    indexes ``cv3[i]``) and must not copy the fixed DFL projection; so every dense prefix is expanded to the
+    callable modules under it: the members of ``ModuleList``/``ModuleDict`` containers, and the children of
+    the ``Detect`` head itself (``model.N.cv3.0``, ``model.N.one2one_cv3.0``, ...). Together they hold exactly
+    the tensors of :func:`dense_state`.
+    """
+    modules = dict(model.named_modules())
+    head = f"model.{head_index(model)}"
+    out: list[str] = []
+
+    def visit(name: str) -> None:
+        module = modules[name]
+        if ".dfl." in f".{name}." or not module.state_dict():
+            return  # fixed DFL projection, or nothing to save (e.g. an Identity)
+        if isinstance(module, (nn.ModuleList, nn.ModuleDict)) or name == head:
+            for child, _ in module.named_children():
+                visit(f"{name}.{child}")
+        else:
+            out.append(name)
+
+    for prefix in dense_prefixes:
+        if prefix not in modules:
+            raise InputError(f"densely trained module {prefix} is not in the model")
+        visit(prefix)
     return out
 
 
