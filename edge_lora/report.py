@@ -7,8 +7,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-_CDF_POINTS = {"min_ms": 0.0, "p50_ms": 0.5, "p90_ms": 0.9, "p95_ms": 0.95, "p99_ms": 0.99, "max_ms": 1.0}
-
 
 @contextmanager
 def _figure(path: Path, size: tuple[float, float], *, log_x: bool = False) -> Iterator[Any]:
@@ -31,6 +29,18 @@ def _figure(path: Path, size: tuple[float, float], *, log_x: bool = False) -> It
         plt.close(fig)
 
 
+def _plot_cdf(ax: Any, latency: dict[str, Any], label: str, style: str) -> None:
+    """One empirical CDF: a step per timed run when the report kept them (``samples_ms``); reports written
+    before runs were kept only have percentiles, drawn as points and labelled as such."""
+    from edge_lora.validate.metrics import LatencyStats
+
+    x, y, exact = LatencyStats.from_dict(latency).cdf()
+    if exact:
+        ax.step(x, y, style, where="post", label=f"{label} ({len(x)} runs)")
+    else:
+        ax.plot(x, y, style + "o", label=f"{label} (percentiles only)")
+
+
 def _plots(folder: Path, candidates: list[dict[str, Any]], names: dict[int, str]) -> list[str]:
     import numpy as np
 
@@ -38,13 +48,11 @@ def _plots(folder: Path, candidates: list[dict[str, Any]], names: dict[int, str]
         return []
     reference = candidates[0]["report"]["reference"]
     ref_e2e = reference["latency"]["e2e"]
-    # Latency CDF per artifact vs the unmerged reference (percentile points of the end-to-end latency).
+    # Latency CDF per artifact vs the unmerged reference, from every timed end-to-end run.
     with _figure(folder / "latency_cdf.png", (6, 4), log_x=True) as ax:
-        ys = list(_CDF_POINTS.values())
-        ax.plot([ref_e2e[q] for q in _CDF_POINTS], ys, "k--o", label="unmerged reference (PyTorch)")
+        _plot_cdf(ax, ref_e2e, "unmerged reference (PyTorch)", "k--")
         for c in candidates:
-            lat = c["report"]["candidate"]["latency"]["e2e"]
-            ax.plot([lat[q] for q in _CDF_POINTS], ys, "-o", label=f"{c['backend']} {c['precision']}")
+            _plot_cdf(ax, c["report"]["candidate"]["latency"]["e2e"], f"{c['backend']} {c['precision']}", "-")
         ax.set_xlabel("end-to-end latency per image (ms, log)")
         ax.set_ylabel("fraction of runs")
     # Accuracy vs latency per precision.
@@ -99,10 +107,34 @@ def _int8_hints(profile: Any, candidates: list[dict[str, Any]]) -> list[str]:
         if failed and hint:
             lines += [
                 "",
-                f"INT8 lost {float(failed['value']):.2f} mAP50-95 points (gate: {failed['threshold']}). To keep "
-                f"INT8: {hint}.",
+                f"INT8 lost {float(failed['value']):.2f} mAP50-95 points (gate: at most "
+                f"{float(failed['threshold']):.2f}). To keep INT8: {hint}.",
             ]
     return lines
+
+
+def _map(value: Any) -> str:
+    """A mAP fraction to 4 decimals (0.01 points); ``-`` where a report predates the figure."""
+    return "-" if value is None else f"{float(value):.4f}"
+
+
+def _ultralytics_maps(candidate: dict[str, Any]) -> str:
+    """``ref -> cand`` mAP50-95 under Ultralytics' convention, from the candidate's validation report."""
+    report = candidate.get("report") or {}
+    ref = report.get("reference", {}).get("accuracy", {}).get("map50_95_ultralytics")
+    cand = report.get("candidate", {}).get("accuracy", {}).get("map50_95_ultralytics")
+    return f"{_map(ref)} -> {_map(cand)}"
+
+
+def _gate_rows(checks: list[dict[str, Any]]) -> list[str]:
+    """Markdown rows of the gate table: rounded values, a skipped gate's reason, a disabled gate said so."""
+    from edge_lora.validate.gates import GateCheck
+
+    rows = []
+    for g in checks:
+        c = GateCheck.from_dict(g)
+        rows.append(f"| {c.name} | {c.status} | {c.value_text} | {c.threshold_text} | {c.why} |")
+    return rows
 
 
 def write_report(
@@ -128,15 +160,25 @@ def write_report(
         "",
         f"Verdict: {verdict}",
         "",
-        "| precision | mAP50-95 (ref) | mAP50-95 | agreement F1 | e2e p50 ms | e2e p99 ms | ref e2e p50 ms | speedup | gates |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| precision | mAP50-95 COCO (ref) | mAP50-95 COCO | mAP50-95 Ultralytics (ref -> cand) | agreement F1 "
+        "| e2e p50 ms | e2e p99 ms | ref e2e p50 ms | speedup | gates |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for c in candidates:
+        speedup = f"{c['speedup']:.2f}x" if c["speedup"] else "-"
         lines.append(
-            f"| {c['backend']} {c['precision']} | {c['ref_map50_95']:.4f} | {c['map50_95']:.4f} | {c['agreement_f1']:.4f} | "
-            f"{c['e2e_p50_ms']:.2f} | {c['e2e_p99_ms']:.2f} | {c['ref_e2e_p50_ms']:.2f} | {c['speedup'] or 0:.2f}x | "
-            f"{'PASS' if c['passed'] else 'FAIL'} |"
+            f"| {c['backend']} {c['precision']} | {_map(c['ref_map50_95'])} | {_map(c['map50_95'])} | "
+            f"{_ultralytics_maps(c)} | {c['agreement_f1']:.3f} | {c['e2e_p50_ms']:.2f} | {c['e2e_p99_ms']:.2f} | "
+            f"{c['ref_e2e_p50_ms']:.2f} | {speedup} | {'PASS' if c['passed'] else 'FAIL'} |"
         )
+    if candidates:
+        lines += [
+            "",
+            "mAP: the gates use COCO's figure (faster-coco-eval); Ultralytics' convention scores the same "
+            "detections as `yolo val` would. Compare an `output: end2end` bundle with `yolo val nms=False`: "
+            "without it Ultralytics 8.4 validates YOLO26's one-to-many head + NMS, not the NMS-free head "
+            "the bundle runs.",
+        ]
     if candidates and candidates[0]["report"]["latency_is_proxy"]:
         lines += [
             "",
@@ -148,15 +190,11 @@ def write_report(
         "",
         "## Gates of the shipped (or last tried) artifact",
         "",
-        "| gate | status | value | threshold |",
-        "|---|---|---:|---:|",
+        "| gate | status | value | threshold | detail |",
+        "|---|---|---:|---:|---|",
     ]
     shown = chosen or (candidates[-1] if candidates else None)
-    for g in shown["report"]["gates"]["checks"] if shown else []:
-        status = "SKIP" if g.get("skipped") else ("PASS" if g.get("passed") else "FAIL")
-        lines.append(
-            f"| {g['name']} | {status} | {g.get('value')} | {g.get('comparator')} {g.get('threshold')} |"
-        )
+    lines += _gate_rows(shown["report"]["gates"]["checks"] if shown else [])
     lines += ["", "## Stages", "", "| stage | seconds | cached | verdict |", "|---|---:|---|---|"]
     lines += [
         f"| {s['name']} | {s['seconds']:.1f} | {'yes' if s['cached'] else 'no'} | {s['verdict']} |"

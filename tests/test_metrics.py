@@ -449,7 +449,7 @@ def test_gate_boundaries(name: str, kwargs: dict, passed: bool) -> None:
 def test_map_drop_gate_reports_the_drop_in_points() -> None:
     check = _report(delta=-0.3)["max_map_drop"]
     assert check.value == pytest.approx(0.3) and check.threshold == 0.5 and check.comparator == "<="
-    assert check.unit == "mAP pts" and "-0.300" in check.detail
+    assert check.unit == "mAP pts" and "-0.30 mAP pts" in check.detail
 
 
 def test_proxy_latency_gates_are_skipped_not_failed() -> None:
@@ -495,7 +495,7 @@ def test_failed_report_raises_and_round_trips_through_json() -> None:
     rows = report.table_rows()
     assert [r[0] for r in rows] == list(KNOWN_GATES)
     assert all(len(r) == len(TABLE_COLUMNS) for r in rows)
-    assert rows[0][3] == "FAIL" and rows[1][3] == "PASS" and rows[0][2] == "<= 0.5 mAP pts"
+    assert rows[0][3] == "FAIL" and rows[1][3] == "PASS" and rows[0][2] == "<= 0.50 mAP pts"
     assert "FAILED" in str(report)
 
 

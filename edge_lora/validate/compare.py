@@ -243,7 +243,8 @@ def measure_latency(
             samples["infer"].append(t2 - t1)
             samples["model"].append(t3 - t1)
             samples["e2e"].append(t3 - t0)
-    return {k: LatencyStats.from_samples(v) for k, v in samples.items()}
+    # Every timed run is kept (sorted, µs resolution) so that reports draw the latency CDF from the runs.
+    return {k: LatencyStats.from_samples(v, keep_samples=True) for k, v in samples.items()}
 
 
 def validate(
@@ -393,6 +394,7 @@ def validate(
         p99_ms=cand_lat["model"].p99_ms,
         speedup=sp,
         latency_is_proxy=proxy,
+        proxy_reason=why,
     )
     summary = parity.result() if len(parity) else None
     return ValidationReport(

@@ -38,6 +38,7 @@ __all__ = [
     "GateCheck",
     "GateReport",
     "evaluate_gates",
+    "format_value",
 ]
 
 # Absolute slack for "at the threshold": values are mAP points, F1, ms and ratios, all O(1..1000),
@@ -56,13 +57,53 @@ _LATENCY_GATES = frozenset({"max_p99_ms", "min_speedup"})
 TABLE_COLUMNS = ("Gate", "Value", "Threshold", "Status", "Detail")
 
 
-def _fmt(value: float | None, unit: str) -> str:
+# Decimals shown per unit: what the measurement resolves, not what a float64 holds. 0.01 mAP points is
+# 1e-4 mAP, below the evaluator's sensitivity to one box on a typical val set; agreement F1 moves by ~1e-3
+# per box on a few hundred boxes; latency run-to-run noise is far above 0.01 ms; speedups are ratios of such.
+_DECIMALS = {"mAP pts": 2, "F1": 3, "ms": 2, "x": 2}
+
+
+def format_value(
+    value: float | None, unit: str = "", *, decimals: int | None = None, sign: bool = False
+) -> str:
+    """A gate value for people: rounded to what is meaningful for ``unit`` (see ``_DECIMALS``).
+
+    ``None`` (not measured) is ``"-"``, NaN ``"NaN"``; a negative zero after rounding loses its sign; units
+    other than ``x`` are separated by a space (``"0.25 mAP pts"``, ``"9.10x"``). ``decimals`` overrides the
+    unit's precision; ``sign`` always writes the sign (for deltas and margins).
+    """
     if value is None:
         return "-"
+    value = float(value)
     if math.isnan(value):
         return "NaN"
-    text = f"{value:.4g}"
-    return f"{text} {unit}" if unit else text
+    places = _DECIMALS.get(unit) if decimals is None else decimals
+    if math.isinf(value):
+        text = "inf" if value > 0 else "-inf"
+    elif places is None:
+        text = f"{value:{'+' if sign else ''}.4g}"
+    else:
+        text = f"{value:{'+' if sign else ''}.{places}f}"
+        if float(text) == 0:  # "-0.00" says "a drop" where there is none
+            text = f"{0.0:{'+' if sign else ''}.{places}f}"
+    if not unit:
+        return text
+    return f"{text}{unit}" if unit == "x" else f"{text} {unit}"
+
+
+def _display_decimals(check: GateCheck) -> int | None:
+    """The unit's decimals, or more when rounding would hide why a gate failed (a drop of 0.004 points
+    against a threshold of 0.00 must not read "0.00 <= 0.00 FAIL")."""
+    places = _DECIMALS.get(check.unit)
+    if places is None or check.value is None or check.threshold is None or check.passed is not False:
+        return places
+    for extra in range(7):
+        shown = round(check.value, places + extra)
+        limit = round(check.threshold, places + extra)
+        holds = shown <= limit if check.comparator == "<=" else shown >= limit
+        if not holds:
+            return places + extra
+    return places + 6
 
 
 @dataclass
@@ -104,6 +145,27 @@ class GateCheck:
             return "SKIP"
         return "PASS" if self.passed else "FAIL"
 
+    @property
+    def value_text(self) -> str:
+        """The measured value, rounded for display (``"-"`` when not measured)."""
+        return format_value(self.value, self.unit, decimals=_display_decimals(self))
+
+    @property
+    def threshold_text(self) -> str:
+        """``"<= 1.00 mAP pts"``; ``"- (disabled)"`` for a gate whose threshold is null."""
+        if self.threshold is None:
+            return "- (disabled)"
+        return (
+            f"{self.comparator} {format_value(self.threshold, self.unit, decimals=_display_decimals(self))}"
+        )
+
+    @property
+    def why(self) -> str:
+        """Why the gate was skipped, or what was measured and by how much it passed or failed."""
+        if self.skipped:
+            return f"skipped: {self.reason}" if self.reason else "skipped (no reason recorded)"
+        return self.detail
+
     def __bool__(self) -> bool:
         """Whether this gate lets the candidate through (skipped gates do not block)."""
         return self.passed is not False
@@ -111,10 +173,7 @@ class GateCheck:
     def __str__(self) -> str:
         if self.skipped:
             return f"{self.name}: SKIP ({self.reason})"
-        return (
-            f"{self.name}: {self.status} ({_fmt(self.value, self.unit)} {self.comparator} "
-            f"{_fmt(self.threshold, self.unit)})"
-        )
+        return f"{self.name}: {self.status} ({self.value_text} {self.threshold_text})"
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form."""
@@ -174,13 +233,9 @@ class GateReport:
             raise GateFailed("gate(s) failed: " + "; ".join(str(c) for c in self.failed))
 
     def table_rows(self) -> list[tuple[str, str, str, str, str]]:
-        """Rows of strings matching :data:`TABLE_COLUMNS`, ready for ``rich.table.Table.add_row``."""
-        rows = []
-        for c in self.checks:
-            threshold = "-" if c.threshold is None else f"{c.comparator} {_fmt(c.threshold, c.unit)}"
-            detail = c.reason if c.skipped else c.detail
-            rows.append((c.name, _fmt(c.value, c.unit), threshold, c.status, detail))
-        return rows
+        """Rows of strings matching :data:`TABLE_COLUMNS`, ready for ``rich.table.Table.add_row``: values
+        rounded for display, a skipped gate's detail saying why it was skipped."""
+        return [(c.name, c.value_text, c.threshold_text, c.status, c.why) for c in self.checks]
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form; ``passed`` and ``return_code`` are included for readers of the file."""
@@ -212,6 +267,7 @@ def evaluate_gates(
     p99_ms: float | None,
     speedup: float | None,
     latency_is_proxy: bool,
+    proxy_reason: str = "",
 ) -> GateReport:
     """Evaluate the profile's gates against the measurements.
 
@@ -229,6 +285,8 @@ def evaluate_gates(
             if not measured.
         latency_is_proxy: latency was measured on a host standing in for the device; latency gates
             are then skipped because host timings say nothing about the target.
+        proxy_reason: why the host is a proxy (e.g. "TensorRT profile measured with ONNX Runtime on the
+            host CPU"), added to a skipped gate's reason.
 
     Raises:
         ProfileError: an unknown gate key or a non-numeric threshold (a typo must not silently
@@ -252,9 +310,8 @@ def evaluate_gates(
         raw = gates[name]
         value = values[name]
         if raw is None:
-            checks.append(
-                GateCheck(name, value, None, comparator, None, unit, what, True, "disabled in the profile")
-            )
+            reason = f"disabled in the profile (gates.{name}: null)"
+            checks.append(GateCheck(name, value, None, comparator, None, unit, what, True, reason))
             continue
         # numbers.Real also admits numpy scalars; bool is an int subclass but never a threshold.
         if isinstance(raw, bool) or not isinstance(raw, numbers.Real) or math.isnan(raw):
@@ -262,7 +319,11 @@ def evaluate_gates(
         threshold = float(raw)
 
         if name in _LATENCY_GATES and latency_is_proxy:
-            reason = "latency measured on a host proxy, not on the target device"
+            reason = (
+                "latency measured on a host proxy, not on the target device"
+                + (f" ({proxy_reason})" if proxy_reason else "")
+                + "; run `edge-lora build --on-device` on the device to apply it"
+            )
             checks.append(GateCheck(name, value, threshold, comparator, None, unit, what, True, reason))
             continue
         if value is None:
@@ -271,9 +332,9 @@ def evaluate_gates(
 
         passed = _compare(value, comparator, threshold)
         if name == "max_map_drop":
-            detail = f"mAP50-95 {-value:+.3f} pts (candidate - reference)"
+            detail = f"mAP50-95 {format_value(-value, unit, sign=True)} (candidate - reference)"
         else:
             margin = value - threshold if comparator == ">=" else threshold - value
-            detail = f"{what}; margin {margin:+.4g} {unit}".rstrip()
+            detail = f"{what}; margin {format_value(margin, unit, sign=True)}"
         checks.append(GateCheck(name, value, threshold, comparator, passed, unit, detail))
     return GateReport(checks)

@@ -9,7 +9,8 @@ val``, pycocotools) cancel out in the deltas the gates look at.
 Four families of metrics:
 
 * accuracy against ground truth: :func:`evaluate_detections` -> :class:`AccuracyResult`
-  (COCO-style mAP50-95 / mAP50 plus precision / recall / F1 at the deployment confidence);
+  (COCO-style mAP50-95 / mAP50, the same figures under Ultralytics' AP convention - what ``yolo val``
+  computes from the same detections - and precision / recall / F1 at the deployment confidence);
 * agreement between two runners' detections: :func:`agreement` -> :class:`AgreementResult`;
 * raw tensor parity: :func:`tensor_parity` -> :class:`ParityResult`, aggregated over batches by
   :class:`ParityAccumulator` -> :class:`ParitySummary`;
@@ -36,6 +37,8 @@ from edge_lora.errors import DataError, InputError
 
 __all__ = [
     "COCO_MAX_DETS",
+    "IOU_THRESHOLDS",
+    "MAX_KEPT_SAMPLES",
     "AccuracyResult",
     "AgreementResult",
     "ClassAccuracy",
@@ -54,6 +57,8 @@ __all__ = [
     "read_yolo_labels",
     "speedup",
     "tensor_parity",
+    "ultralytics_ap",
+    "ultralytics_match",
 ]
 
 # YOLO's predictor/validator keeps up to max_det=300 boxes per image after NMS. COCO's default of
@@ -64,6 +69,13 @@ COCO_MAX_DETS = 300
 
 # The IoU threshold of the "matched" definition used for P/R/F1 and agreement (PASCAL/COCO AP50).
 MATCH_IOU = 0.5
+
+# IoU thresholds 0.50:0.05:0.95 of mAP50-95 (COCO's iouThrs, Ultralytics' ``DetectionValidator.iouv``).
+IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
+
+# Recall points at which Ultralytics samples the precision envelope before integrating it
+# (``ultralytics.utils.metrics._AP_X``).
+_ULTRALYTICS_AP_X = np.linspace(0.0, 1.0, 101)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -315,6 +327,104 @@ def _count_matches(
 
 
 # --------------------------------------------------------------------------------------------------
+# Ultralytics' AP convention (what ``yolo val`` reports), re-implemented in numpy
+# --------------------------------------------------------------------------------------------------
+#
+# ``ultralytics.utils.metrics`` imports torch at module level, so the device side cannot import it; the
+# few lines below mirror Ultralytics 8.4 (``BaseValidator.match_predictions`` with ``use_scipy=False``,
+# ``ap_per_class`` and ``compute_ap``) and are tested against the real functions (tests/test_map_alignment.py).
+# Both conventions match boxes the same way (greedy by score, per IoU threshold); they differ only in how the
+# PR curve becomes a number. Measured on DeepPCB (benchmarks/results/map_alignment.md) that is under 0.1
+# mAP50-95 points on the same detections: the 5-point gap users saw to ``yolo val`` came from *which*
+# detections are scored (NMS-free head vs one-to-many head + NMS), not from the AP arithmetic. What remains
+# between this figure and ``yolo val nms=False`` is box clipping: Ultralytics matches unclipped boxes in
+# letterbox space, edge-lora the detections as deployed, clipped to the image.
+
+
+def ultralytics_match(
+    truth_boxes: np.ndarray,
+    truth_classes: np.ndarray,
+    pred_boxes: np.ndarray,
+    pred_scores: np.ndarray,
+    pred_classes: np.ndarray,
+) -> np.ndarray:
+    """Which detections of one image are true positives at each IoU threshold, as Ultralytics decides it.
+
+    Mirrors ``ultralytics.engine.validator.BaseValidator.match_predictions`` (8.4, greedy): detections in
+    descending score order each claim the still-unclaimed same-class truth box of highest IoU, separately
+    per threshold of :data:`IOU_THRESHOLDS`; a detection is correct at a threshold when that IoU reaches it.
+
+    Returns:
+        bool (K, 10) in the order of ``pred_boxes`` (not sorted), K = number of detections.
+    """
+    pred_boxes = np.asarray(pred_boxes, dtype=np.float64).reshape(-1, 4)
+    thresholds = IOU_THRESHOLDS
+    correct = np.zeros((len(pred_boxes), len(thresholds)), dtype=bool)
+    if len(pred_boxes) == 0 or len(truth_boxes) == 0:
+        return correct
+    order = np.argsort(-np.asarray(pred_scores, dtype=np.float64), kind="stable")
+    # (truth, pred) IoU with other-class pairs zeroed, exactly like Ultralytics' ``iou * correct_class``.
+    same_class = np.asarray(truth_classes)[:, None] == np.asarray(pred_classes)[order][None, :]
+    iou = box_iou(truth_boxes, pred_boxes[order]) * same_class
+    matched = np.zeros((len(truth_boxes), len(thresholds)), dtype=bool)
+    columns = np.arange(len(thresholds))
+    sorted_correct = np.zeros_like(correct)
+    for j in np.flatnonzero((iou >= thresholds.min()).any(0)):
+        # IoU with each still-unclaimed truth box, one column per threshold.
+        available = np.where(matched, 0.0, iou[:, j, None])
+        k = available.argmax(0)
+        sorted_correct[j] = available[k, columns] >= thresholds
+        matched[k, columns] |= sorted_correct[j]
+    correct[order] = sorted_correct
+    return correct
+
+
+def ultralytics_ap(recall: np.ndarray, precision: np.ndarray) -> float:
+    """Average precision of one PR curve as ``ultralytics.utils.metrics.compute_ap`` computes it.
+
+    The curve gets sentinels (precision 1 at recall 0; precision 0 from the last recall on), its precision
+    envelope (running maximum from the right) is *linearly* interpolated at 101 recall points and integrated
+    with the trapezoidal rule. COCO instead takes the envelope's value at the first curve point whose recall
+    reaches each of the 101 points (a step function) and averages the 101 values.
+    """
+    recall = np.asarray(recall, dtype=np.float64).reshape(-1)
+    precision = np.asarray(precision, dtype=np.float64).reshape(-1)
+    mrec = np.concatenate(([0.0], recall, [recall[-1] if len(recall) else 1.0], [1.0]))
+    mpre = np.concatenate(([1.0], precision, [0.0], [0.0]))
+    mpre = np.flip(np.maximum.accumulate(np.flip(mpre)))
+    y = np.interp(_ULTRALYTICS_AP_X, mrec, mpre)
+    # The trapezoidal rule written out: np.trapz is deprecated in numpy 2, np.trapezoid missing before it.
+    return float(np.sum((y[1:] + y[:-1]) * np.diff(_ULTRALYTICS_AP_X)) / 2.0)
+
+
+def _ultralytics_ap_per_class(
+    tp: np.ndarray, conf: np.ndarray, pred_cls: np.ndarray, target_cls: np.ndarray
+) -> dict[int, np.ndarray]:
+    """AP (10 thresholds) per class present in ``target_cls``: the AP part of Ultralytics' ``ap_per_class``.
+
+    A labelled class without detections gets AP 0 (and counts in the mean), as in Ultralytics and COCO.
+    """
+    # Ultralytics sorts with numpy's default (unstable) quicksort; stable only changes the order of exact
+    # score ties, which can move AP in the last digits at most.
+    i = np.argsort(-conf, kind="stable")
+    tp, conf, pred_cls = tp[i], conf[i], pred_cls[i]
+    classes, n_labels = np.unique(target_cls, return_counts=True)
+    eps = 1e-16  # Ultralytics' ``eps`` in the recall denominator
+    out: dict[int, np.ndarray] = {}
+    for c, n_l in zip(classes.tolist(), n_labels.tolist(), strict=True):
+        mine = pred_cls == c
+        ap = np.zeros(tp.shape[1])
+        if mine.any():
+            tpc = tp[mine].cumsum(0)
+            fpc = (1 - tp[mine]).cumsum(0)
+            recall = tpc / (n_l + eps)
+            precision = tpc / (tpc + fpc)
+            ap = np.array([ultralytics_ap(recall[:, t], precision[:, t]) for t in range(tp.shape[1])])
+        out[int(c)] = ap
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
 # Accuracy against ground truth
 # --------------------------------------------------------------------------------------------------
 
@@ -341,7 +451,11 @@ class _PerClassJson:
 
 @dataclass
 class ClassAccuracy:
-    """Accuracy of one class. ``None`` means undefined (see :class:`AccuracyResult`)."""
+    """Accuracy of one class. ``None`` means undefined (see :class:`AccuracyResult`).
+
+    ``ap50_95_ultralytics`` / ``ap50_ultralytics`` are ``None`` in reports written before edge-lora computed
+    them, as well as for classes absent from the ground truth.
+    """
 
     name: str
     ap50_95: float | None
@@ -352,6 +466,8 @@ class ClassAccuracy:
     tp: int
     fp: int
     fn: int
+    ap50_95_ultralytics: float | None = None
+    ap50_ultralytics: float | None = None
 
     @property
     def n_gt(self) -> int:
@@ -360,7 +476,20 @@ class ClassAccuracy:
 
 
 _ACC_SCALARS = ("map50_95", "map50", "precision", "recall", "f1", "tp", "fp", "fn")
-_CLASS_SCALARS = ("ap50_95", "ap50", "precision", "recall", "f1", "tp", "fp", "fn")
+# Absent (None) in results written before they existed; their delta is then None.
+_ACC_OPTIONAL = ("map50_95_ultralytics", "map50_ultralytics")
+_CLASS_SCALARS = (
+    "ap50_95",
+    "ap50",
+    "precision",
+    "recall",
+    "f1",
+    "tp",
+    "fp",
+    "fn",
+    "ap50_95_ultralytics",
+    "ap50_ultralytics",
+)
 
 
 @dataclass
@@ -372,6 +501,12 @@ class AccuracyResult(_PerClassJson):
     per image), averaged over the classes that occur in the ground truth. ``precision`` /
     ``recall`` / ``f1`` and the counts are at ``deploy_conf`` with one greedy match per box at
     IoU >= 0.5 of the same class - what a user of the deployed model sees.
+
+    ``map50_95_ultralytics`` / ``map50_ultralytics`` score the *same* detections under Ultralytics' AP
+    convention (:func:`ultralytics_match`, :func:`ultralytics_ap`): the figure ``yolo val`` prints for
+    these detections. Gates use the COCO figure (``map50_95``); the Ultralytics one is reported next to it
+    so that a reader comparing with ``yolo val`` compares like with like. Results read from reports
+    written before these fields existed have ``None`` there.
 
     Per class: AP is ``None`` for classes absent from the ground truth; P/R/F1 are ``None`` when a
     class has neither ground truth nor detections at ``deploy_conf``, and a zero denominator
@@ -392,6 +527,8 @@ class AccuracyResult(_PerClassJson):
     n_predictions: int
     max_dets: int = COCO_MAX_DETS
     evaluator: str = ""
+    map50_95_ultralytics: float | None = None
+    map50_ultralytics: float | None = None
     _class_entry: ClassVar[type] = ClassAccuracy
 
     def delta(self, other: AccuracyResult) -> dict[str, Any]:
@@ -413,6 +550,9 @@ class AccuracyResult(_PerClassJson):
         if not math.isclose(self.deploy_conf, other.deploy_conf):
             raise ValueError(f"results use different deploy_conf: {self.deploy_conf} vs {other.deploy_conf}")
         out: dict[str, Any] = {k: getattr(self, k) - getattr(other, k) for k in _ACC_SCALARS}
+        for k in _ACC_OPTIONAL:
+            a, b = getattr(self, k), getattr(other, k)
+            out[k] = None if a is None or b is None else a - b
         per_class: dict[int, dict[str, Any]] = {}
         for cid, mine in sorted(self.per_class.items()):
             theirs = other.per_class[cid]
@@ -447,9 +587,13 @@ def evaluate_detections(
     Pass *all* detections (Ultralytics validates at conf 0.001) for a meaningful mAP; ``deploy_conf``
     only applies to precision / recall / F1.
 
-    The mAP differs slightly from ``yolo val``: Ultralytics also interpolates 101 points but matches
-    boxes with its own routine, so expect a few tenths of a point of difference. That is fine here:
-    reference and candidate are scored by this same function and only their delta is gated.
+    The same detections are also scored under Ultralytics' AP convention (``map50_95_ultralytics``; see
+    :func:`ultralytics_match`, :func:`ultralytics_ap`): greedy matching at each IoU threshold as COCO does,
+    but the precision envelope is interpolated linearly and integrated (trapezoid) instead of sampled as a
+    step. On the same detections the two figures differ by about a tenth of a point. They are *not*
+    comparable with ``yolo val`` on a YOLO26 checkpoint by default: Ultralytics 8.4 validates the
+    one-to-many head + NMS unless ``nms=False``, while an ``end2end`` artifact runs the NMS-free head;
+    ``yolo val nms=False`` is the comparable run (benchmarks/results/map_alignment.md).
 
     Args:
         gts: ground truth per image.
@@ -483,6 +627,10 @@ def evaluate_detections(
     results: list[dict[str, Any]] = []
     counts: dict[int, _Counts] = {c: _Counts() for c in class_ids}
     n_predictions = 0
+    # Per detection (all images): Ultralytics-convention TP flags at the 10 IoU thresholds, score, class.
+    u_tp: list[np.ndarray] = []
+    u_conf: list[np.ndarray] = []
+    u_cls: list[np.ndarray] = []
     for idx, (gt, det, size) in enumerate(zip(gts, dets, image_sizes, strict=True)):
         image_id = idx + 1
         width, height = int(size[0]), int(size[1])
@@ -521,8 +669,12 @@ def evaluate_detections(
                 }
             )
 
-        keep = scores >= deploy_conf
         gt_boxes = gt.boxes.astype(np.float64)
+        u_tp.append(ultralytics_match(gt_boxes, gt.classes, boxes, scores, classes))
+        u_conf.append(scores)
+        u_cls.append(classes)
+
+        keep = scores >= deploy_conf
         image_counts, _ = _count_matches(
             gt_boxes, gt.classes, boxes[keep], scores[keep], classes[keep], MATCH_IOU
         )
@@ -557,6 +709,13 @@ def evaluate_detections(
     t50 = int(np.argmin(np.abs(iou_thrs - 0.5)))
     cat_index = {int(cat_id): k for k, cat_id in enumerate(ev.params.catIds)}
 
+    ultra = _ultralytics_ap_per_class(
+        np.concatenate(u_tp).astype(np.float64),
+        np.concatenate(u_conf),
+        np.concatenate(u_cls),
+        np.concatenate([g.classes for g in gts]),
+    )
+
     per_class: dict[int, ClassAccuracy] = {}
     ap_all: list[float] = []
     ap_50: list[float] = []
@@ -582,6 +741,8 @@ def evaluate_detections(
             tp=counts[c].tp,
             fp=counts[c].fp,
             fn=counts[c].fn,
+            ap50_95_ultralytics=float(ultra[c].mean()) if c in ultra else None,
+            ap50_ultralytics=float(ultra[c][0]) if c in ultra else None,
         )
 
     # Ground truth exists (checked above), so the totals are never empty.
@@ -603,6 +764,9 @@ def evaluate_detections(
         n_predictions=n_predictions,
         max_dets=COCO_MAX_DETS,
         evaluator=f"faster-coco-eval {fce_version}",
+        # Ultralytics' mAP: the mean over labelled classes of the per-class mean over the 10 thresholds.
+        map50_95_ultralytics=float(np.mean([ap.mean() for ap in ultra.values()])),
+        map50_ultralytics=float(np.mean([ap[0] for ap in ultra.values()])),
     )
 
 
@@ -910,6 +1074,11 @@ class ParityAccumulator:
 
 _LATENCY_KEYS = ("mean", "min", "p50", "p90", "p95", "p99", "max")
 
+#: At most this many per-run latencies are kept in a :class:`LatencyStats` (``keep_samples=True``). Beyond it
+#: evenly spaced order statistics are kept (min and max included): a CDF of 10,000 points is indistinguishable
+#: from one of a million, and a validation JSON stays in the tens of kilobytes.
+MAX_KEPT_SAMPLES = 10_000
+
 
 @dataclass
 class LatencyStats:
@@ -920,6 +1089,11 @@ class LatencyStats:
     interpolated between the 99th and 100th smallest. ``std_ms`` is the population standard
     deviation (ddof=0). ``throughput`` is items per second of sequential single-stream inference,
     ``batch_size / mean``.
+
+    ``samples_ms`` holds the timed runs themselves when they were kept (``from_samples(...,
+    keep_samples=True)``): sorted ascending, in ms rounded to 3 decimals (1 us, far below run-to-run noise),
+    at most :data:`MAX_KEPT_SAMPLES` of them. ``None`` when not kept, and in reports written before the
+    field existed; :meth:`cdf` then falls back to the percentile points.
     """
 
     count: int
@@ -933,10 +1107,19 @@ class LatencyStats:
     max_ms: float
     batch_size: int = 1
     throughput: float = 0.0
+    samples_ms: list[float] | None = None
 
     @classmethod
-    def from_samples(cls, samples_s: Sequence[float] | np.ndarray, *, batch_size: int = 1) -> LatencyStats:
+    def from_samples(
+        cls, samples_s: Sequence[float] | np.ndarray, *, batch_size: int = 1, keep_samples: bool = False
+    ) -> LatencyStats:
         """Summarize per-run latencies given in **seconds** (e.g. from :class:`Timer`).
+
+        Args:
+            samples_s: one latency per timed run, in seconds.
+            batch_size: items per run (for ``throughput``).
+            keep_samples: also keep the runs themselves (``samples_ms``), e.g. to draw a latency CDF from
+                every run. Off by default: a long-running line runtime summarises 10,000-frame windows.
 
         Raises:
             ValueError: no samples, a negative or non-finite sample, or ``batch_size < 1``.
@@ -951,6 +1134,12 @@ class LatencyStats:
         ms = s * 1e3
         p50, p90, p95, p99 = np.percentile(ms, [50, 90, 95, 99], method="linear")
         mean_s = float(s.mean())
+        kept = None
+        if keep_samples:
+            ordered = np.sort(ms)
+            if ordered.size > MAX_KEPT_SAMPLES:
+                ordered = ordered[np.linspace(0, ordered.size - 1, MAX_KEPT_SAMPLES).round().astype(np.int64)]
+            kept = [round(float(v), 3) for v in ordered]
         return cls(
             count=int(s.size),
             mean_ms=float(ms.mean()),
@@ -963,6 +1152,7 @@ class LatencyStats:
             max_ms=float(ms.max()),
             batch_size=int(batch_size),
             throughput=batch_size / mean_s if mean_s > 0 else math.inf,
+            samples_ms=kept,
         )
 
     def get(self, key: str) -> float:
@@ -972,13 +1162,29 @@ class LatencyStats:
             raise ValueError(f"unknown latency statistic {key!r}; use one of {list(_LATENCY_KEYS)}")
         return float(getattr(self, name))
 
+    def cdf(self) -> tuple[np.ndarray, np.ndarray, bool]:
+        """The empirical latency CDF: ``(ms, fraction of runs <= ms, from_samples)``.
+
+        From every kept run when ``samples_ms`` exists (the k-th smallest of n runs at ``k / n``); otherwise
+        from the six summary points (min, p50, p90, p95, p99, max at 0, .5, .9, .95, .99, 1), with
+        ``from_samples`` False so that a plot can say it is an approximation.
+        """
+        if self.samples_ms:
+            x = np.asarray(self.samples_ms, dtype=np.float64)
+            return x, np.arange(1, x.size + 1, dtype=np.float64) / x.size, True
+        x = np.array([self.min_ms, self.p50_ms, self.p90_ms, self.p95_ms, self.p99_ms, self.max_ms])
+        return x, np.array([0.0, 0.5, 0.9, 0.95, 0.99, 1.0]), False
+
     def to_dict(self) -> dict[str, Any]:
-        """Plain-JSON form."""
-        return asdict(self)
+        """Plain-JSON form; ``samples_ms`` only when the runs were kept (older readers never see the key)."""
+        d = asdict(self)
+        if d["samples_ms"] is None:
+            del d["samples_ms"]
+        return d
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LatencyStats:
-        """Inverse of :meth:`to_dict`."""
+        """Inverse of :meth:`to_dict`; reads reports written before ``samples_ms`` existed."""
         return cls(**data)
 
 
