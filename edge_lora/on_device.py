@@ -39,7 +39,7 @@ def finish_on_device(
     if primary.backend == "tensorrt":
         engine = bundle / primary.device_outputs[0]
         if not engine.is_file():
-            from edge_lora.export.tensorrt_export import build_engine
+            from edge_lora.runtime.tensorrt_engine import build_engine
 
             build_engine(candidate.parent, engine)
         candidate = engine

@@ -9,9 +9,12 @@ parser errors, the engine header and fingerprint the runtime reads) runs against
 
 from __future__ import annotations
 
+import ast
+import importlib.util
 import json
 import os
 import shlex
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -22,16 +25,11 @@ import pytest
 from onnx import TensorProto, helper
 
 from edge_lora.errors import InputError, ModelError, OutputExistsError, ProfileError, ToolError
-from edge_lora.export.tensorrt_export import (
-    NO_TENSORRT,
-    TensorRtPlan,
-    build_engine,
-    build_settings,
-    jetpack_release,
-    prepare_tensorrt,
-)
+from edge_lora.export.tensorrt_export import prepare_tensorrt
 from edge_lora.fileio import sha256_file
 from edge_lora.profiles import CalibRecipe, load_profile
+from edge_lora.runtime.tensorrt_engine import NO_TENSORRT, build_engine, jetpack_release
+from edge_lora.runtime.tensorrt_plan import TensorRtPlan, build_settings
 
 pytestmark = pytest.mark.slow  # end to end: trains, exports or builds tiny models
 
@@ -406,8 +404,8 @@ class _FakeTensorRT(types.ModuleType):
 def fake_device(monkeypatch, tmp_path):
     """A fake tensorrt module, a fake CUDA fingerprint and (opt-in) a fake Jetson."""
     import edge_lora.profiles as profiles
+    import edge_lora.runtime.tensorrt_engine as tensorrt_engine
     import edge_lora.runtime.tensorrt_rt as tensorrt_rt
-    from edge_lora.export import tensorrt_export
 
     def install(jetson: str | None = None, **kw) -> _FakeTensorRT:
         trt = _FakeTensorRT(**kw)
@@ -427,7 +425,7 @@ def fake_device(monkeypatch, tmp_path):
         if jetson:
             release.write_text("# R36 (release), REVISION: 4.3, GCID: 1, BOARD: generic, EABI: aarch64\n")
             model.write_text(jetson + "\0")
-        monkeypatch.setattr(tensorrt_export, "_NV_TEGRA_RELEASE", release)
+        monkeypatch.setattr(tensorrt_engine, "_NV_TEGRA_RELEASE", release)
         monkeypatch.setattr(profiles, "device_model_path", lambda: model)
         return trt
 
@@ -561,18 +559,41 @@ def test_build_and_run_engine_on_device(plans, tmp_path, demo_data):
     assert compare_outputs(ref, np.asarray(out), end2end=True, tolerance=1e-2).passed
 
 
-def test_host_and_device_sides_stay_light(tmp_path, fp32_onnx):
-    """prepare_tensorrt and build_engine never import torch/Ultralytics; tensorrt only inside build_engine."""
-    import subprocess
+HOST = ("edge_lora.export", "edge_lora.train", "edge_lora.merge", "edge_lora.cli", "edge_lora.build")
+HEAVY = ("torch", "torchvision", "ultralytics", "peft", "nncf", "onnx", "onnxruntime", "openvino")
 
-    code = f"""
+
+def test_host_and_device_sides_stay_light(tmp_path, fp32_onnx, plans):
+    """prepare_tensorrt imports no torch/Ultralytics/TensorRT. The device side (plan format, engine build)
+    loads a plan and builds (no TensorRT: the clear error) with the host side, torch, Ultralytics, PEFT,
+    NNCF and onnx unimportable, and no import statement in it (lazy ones too) names them."""
+    host = f"""
 import sys
 from edge_lora.export.tensorrt_export import prepare_tensorrt
 from edge_lora.profiles import load_profile
 profile = load_profile("nvidia-gpu").with_overrides({{"imgsz": {IMGSZ}}})
 prepare_tensorrt({str(fp32_onnx)!r}, {str(tmp_path / "plan")!r}, profile)
-heavy = sorted({{"torch", "ultralytics", "tensorrt", "nncf", "openvino"}} & set(sys.modules))
-assert not heavy, heavy
+assert not (heavy := {{"torch", "ultralytics", "tensorrt", "nncf", "openvino"}} & set(sys.modules)), heavy
 """
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+    device = f"""
+import sys
+sys.modules.update(dict.fromkeys({HEAVY + HOST + ("tensorrt",)!r}))  # None: importing them fails
+from edge_lora.errors import ToolError
+from edge_lora.runtime.tensorrt_engine import NO_TENSORRT, build_engine
+from edge_lora.runtime.tensorrt_plan import TensorRtPlan
+plan = TensorRtPlan.load({str(plans["gpu_fp16"].directory)!r})
+try:
+    build_engine(plan, {str(tmp_path / "model.engine")!r})
+    raise SystemExit("built without TensorRT")
+except ToolError as exc:
+    assert str(exc) == NO_TENSORRT, exc
+"""
+    for code in (host, device):
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+    for module in ("edge_lora.runtime.tensorrt_plan", "edge_lora.runtime.tensorrt_engine"):
+        tree = ast.parse(Path(importlib.util.find_spec(module).origin).read_text())
+        imported = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+        imported += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+        bad = [m for m in imported if m.startswith(HOST) or m.split(".")[0] in HEAVY]
+        assert not bad, f"{module} imports {bad}"

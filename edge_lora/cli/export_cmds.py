@@ -98,7 +98,7 @@ def engine_build_cmd(
     plan: Path, out: Path | None, device: int, allow_other_device: bool, overwrite: bool
 ) -> None:
     """Build the TensorRT engine from a plan folder written by export/build (needs tensorrt + a GPU)."""
-    from edge_lora.export.tensorrt_export import build_engine
+    from edge_lora.runtime.tensorrt_engine import build_engine
 
     result = build_engine(
         plan, out, device=device, allow_other_device=allow_other_device, overwrite=overwrite
