@@ -366,8 +366,8 @@ def build(
                 def do_validate(
                     tmp: Path, art=art, profile=profile, target_arg=target_arg, adapter=adapter
                 ) -> dict:
-                    from edge_lora.cli.device_cmds import render_markdown
                     from edge_lora.validate.compare import validate
+                    from edge_lora.validate.report_md import render_markdown
 
                     rep = validate(
                         art["path"],

@@ -27,10 +27,10 @@ def finish_on_device(
 ) -> dict[str, Any]:
     """Engine build (TensorRT), validation against the unmerged reference, bench; return a summary dict."""
     from edge_lora.bundle.pack import load_verified
-    from edge_lora.cli.device_cmds import render_markdown
     from edge_lora.profiles import list_recipes
     from edge_lora.validate.bench import bench
     from edge_lora.validate.compare import validate
+    from edge_lora.validate.report_md import render_markdown
 
     bundle = Path(bundle)
     manifest = load_verified(bundle)

@@ -213,7 +213,7 @@ _LONG_FLOAT = re.compile(r"\d\.\d{5,}")  # any number printed with 5+ decimals
 
 
 def test_validation_markdown_is_rounded_shows_both_maps_and_why_gates_were_skipped() -> None:
-    from edge_lora.cli.device_cmds import render_markdown
+    from edge_lora.validate.report_md import render_markdown
 
     report = _report()
     md = render_markdown(report)
@@ -234,7 +234,7 @@ def test_validation_markdown_is_rounded_shows_both_maps_and_why_gates_were_skipp
 
 
 def test_validation_markdown_of_a_report_from_before_the_change() -> None:
-    from edge_lora.cli.device_cmds import render_markdown
+    from edge_lora.validate.report_md import render_markdown
 
     report = _report(proxy=False)
     for side in (report.reference, report.candidate):
