@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -17,7 +18,8 @@ from edge_lora.data.checks import DataSpec, class_names_equal, label_path, load_
 from edge_lora.data.synth import NAMES, generate_demo_dataset
 from edge_lora.errors import DataError, InputError, OutputExistsError
 
-SHARED = Path(__file__).parents[1] / ".." / "shared"
+REPO = Path(__file__).parents[1]
+SHARED = REPO / ".." / "shared"
 DEEPPCB = SHARED / "datasets" / "deeppcb"
 
 
@@ -67,12 +69,12 @@ def test_layout_yaml_and_manifest(demo: synth.DemoDataset) -> None:
             "val": "images/val",
             "names": NAMES,
         }
-        for split, n in (("train", 48), ("val", 16)):
+        for split, n in (("train", synth.DEFAULT_TRAIN), ("val", synth.DEFAULT_VAL)):
             assert len(list((root / line / "images" / split).glob("*.png"))) == n
             assert len(list((root / line / "labels" / split).glob("*.txt"))) == n
     manifest = json.loads((root / "manifest.json").read_text())
-    assert manifest["seed"] == 0 and manifest["imgsz"] == 160
-    assert manifest["counts"]["line_b"] == {"train": 48, "val": 16}
+    assert manifest["seed"] == 0 and manifest["imgsz"] == 160 and manifest["generator_version"] == 2
+    assert manifest["counts"]["line_b"] == {"train": synth.DEFAULT_TRAIN, "val": synth.DEFAULT_VAL}
     assert "seed 0" in (root / "README.md").read_text()
     assert not list(root.parent.glob(".*partial")), "temp folder left behind"
 
@@ -93,9 +95,88 @@ def test_labels_are_valid_and_tight(demo: synth.DemoDataset) -> None:
                 x2, y2 = xywh[:, 0] + xywh[:, 2] / 2, xywh[:, 1] + xywh[:, 3] / 2
                 assert np.all(x1 >= -1e-6) and np.all(y1 >= -1e-6) and np.all(x2 <= 1 + 1e-6), img
                 assert np.all(y2 <= 1 + 1e-6), img
-                # Visible: the long side of every box is 5-30 % of the image.
-                assert np.all(xywh[:, 2:].max(1) >= 0.05) and np.all(xywh[:, 2:].max(1) <= 0.3), img
+                # Visible, not dominating: the long side of every box is 5-32 % of the image (the longest
+                # scratch: 0.3 of the image at 25 degrees, plus its stroke width).
+                assert np.all(xywh[:, 2:].max(1) >= 0.05) and np.all(xywh[:, 2:].max(1) <= 0.32), img
             assert seen == set(NAMES), f"{line}/{split} lacks a class"
+
+
+def test_demo_data_defaults_satisfy_the_default_calibration_recipe(tmp_path: Path) -> None:
+    # Issue 9, item 3: `edge-lora demo-data OUT` then `edge-lora build` stopped with a calibration error (48
+    # train images, 'default' needs 100). Run the CLI with no options, as the quick start does.
+    from click.testing import CliRunner
+
+    from edge_lora.cli.main import main
+    from edge_lora.export.calibration import select_calibration
+    from edge_lora.profiles import load_recipe
+
+    res = CliRunner().invoke(main, ["demo-data", str(tmp_path / "demo")])
+    assert res.exit_code == 0, res.output
+    default = load_recipe("default")
+    assert default.min_images <= synth.DEFAULT_TRAIN
+    for line in ("line_a", "line_b"):
+        calib = select_calibration(tmp_path / "demo" / f"{line}.yaml", "default", tmp_path / f"calib_{line}")
+        # Every train image is unique (no duplicates dropped) and all are drawn (fewer than num_images).
+        assert len(calib) == min(synth.DEFAULT_TRAIN, default.num_images)
+        assert all(calib.coverage[name] > 0 for name in NAMES.values()), calib.coverage
+    # The CLI states its defaults literally (importing the generator at CLI start-up is not worth it); they
+    # must be the generator's.
+    manifest = json.loads((tmp_path / "demo" / "manifest.json").read_text())
+    assert manifest["imgsz"] == synth.DEFAULT_IMGSZ
+    assert manifest["counts"]["line_a"] == {"train": synth.DEFAULT_TRAIN, "val": synth.DEFAULT_VAL}
+
+
+# The demo's image size, read from the script so this test follows it.
+DEMO_IMGSZ = int(re.search(r"IMGSZ=\$\{IMGSZ:-(\d+)\}", (REPO / "scripts" / "demo.sh").read_text())[1])
+
+
+def _gray(img: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(img, cv2.COLOR_BGR2GRAY).astype(np.float64)
+
+
+def test_scratches_are_visible_at_the_demo_size() -> None:
+    """Issue 9, item 4: the demo's base never learned 'scratch' (AP50-95 0.004). Generator v1 drew 1 px
+    lines (stroke width 0.94 px, boxes down to 7 px wide at 128 px; line A's dark scratches 53 grey levels
+    off their surroundings). Each scratch must be a stroke a 128 px detector can see: measured on the
+    rendered, noisy, lit image as written, over the demo's first 60 train images of each line."""
+    assert DEMO_IMGSZ == 128
+    n_scratches = 0
+    for line in synth.LINES:
+        for i in range(60):
+            r = synth.render_image(line, "train", i, imgsz=DEMO_IMGSZ, seed=0)
+            gray = _gray(r.image)
+            every = np.zeros(gray.shape, bool)
+            for d in r.defects:
+                every |= d.mask
+            for d in r.defects:
+                x1, y1, x2, y2 = d.box
+                # The box is the mask's extent (tight labels) ...
+                ys, xs = np.nonzero(d.mask)
+                assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == d.box
+                if d.cls != synth.SCRATCH:
+                    continue
+                n_scratches += 1
+                w, h = x2 - x1, y2 - y1
+                where = f"{line} train {i}: scratch box {d.box}"
+                # ... never a sliver: 25-65 degrees off the axes and >= 0.2 of the image long.
+                assert min(w, h) >= 12, where
+                # A stroke, not a hairline: painted pixels per pixel of length.
+                assert d.mask.sum() / np.hypot(w, h) >= 2.5, where
+                # Brighter than what surrounds it (a 2 px ring, other defects excluded), after the line's
+                # lighting and noise.
+                ring = cv2.dilate(d.mask.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool) & ~every
+                assert gray[d.mask].mean() - gray[ring].mean() >= 60, where
+    assert n_scratches >= 60  # both lines have plenty to check
+
+
+def test_render_image_is_what_the_generator_writes(demo: synth.DemoDataset) -> None:
+    for line, split, i in (("line_a", "train", 5), ("line_b", "val", 3)):
+        r = synth.render_image(line, split, i, imgsz=160, seed=0)
+        png = demo.root / line / "images" / split / f"{line}_{split}_{i:04d}.png"
+        np.testing.assert_array_equal(cv2.imread(str(png)), r.image)
+        assert label_path(png).read_text().splitlines() == r.labels
+    with pytest.raises(InputError, match="line must be one of"):
+        synth.render_image("line_c", "train", 0, imgsz=128)
 
 
 def test_lines_differ(demo: synth.DemoDataset) -> None:

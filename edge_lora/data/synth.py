@@ -9,6 +9,11 @@ clearly different (a domain shift), which is the situation a LoRA adapter is mea
 Every defect is drawn into its own mask first and its YOLO box is the mask's extent, so boxes are tight and
 never leave the image. Output is a pure function of the parameters: same seed, byte-identical files.
 Torch-free on purpose (numpy, OpenCV, PyYAML only).
+
+Every class must be learnable by a small detector at the demo's 128 px (issue 9: generator version 1 drew
+scratches as 1 px lines, half of line A's in a dark green barely off the mask; the demo's base scored them
+AP50-95 0.004). Scratches are now bright strokes about 3 px wide at 128 px (:data:`SCRATCH_WIDTH`), at least
+a fifth of the image long and 25-65 degrees off the traces, so their boxes are never slivers.
 """
 
 from __future__ import annotations
@@ -24,13 +29,26 @@ import yaml
 from edge_lora.errors import InputError
 from edge_lora.fileio import atomic_output_dir, check_output
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: scratches visible at 128 px (thicker, longer, bright only)
 NAMES: dict[int, str] = {0: "scratch", 1: "hole", 2: "short"}
 SCRATCH, HOLE, SHORT = 0, 1, 2
 LINES = ("line_a", "line_b")
 SPLITS = ("train", "val")
 
 Color = tuple[int, int, int]  # BGR
+
+# Default image counts. DEFAULT_TRAIN is at least the shipped 'default' calibration recipe's min_images (100),
+# so `edge-lora demo-data OUT` followed by `edge-lora build` calibrates without options (issue 9, item 3;
+# tests/test_data.py checks it against the recipe file).
+DEFAULT_TRAIN = 160
+DEFAULT_VAL = 16
+DEFAULT_IMGSZ = 160
+
+# Scratch geometry, as fractions of the image side. A scratch is a straight stroke through the solder mask
+# that exposes the bright laminate/copper underneath.
+SCRATCH_LENGTH = (0.2, 0.3)  # >= 26 px at 128 px: long enough to tell from a pad or a speck of noise
+SCRATCH_ANGLE_DEG = (25.0, 65.0)  # off the trace direction: never mistaken for a trace, box never a sliver
+SCRATCH_WIDTH = 0.022  # stroke width: 3 px at 128 px (the demo), 4 px at 160 px; at least 2 px
 
 
 @dataclass(frozen=True)
@@ -70,7 +88,9 @@ _STYLES: dict[str, _Style] = {
         copper=(60, 125, 205),
         hole=(12, 18, 12),
         hole_rim=None,
-        scratch_colors=((225, 240, 225), (15, 35, 10)),
+        # Bright only: a dark scratch on the green mask (v1 had one) sits ~50 grey levels off it, lost in
+        # Ultralytics' HSV augmentation at 128 px.
+        scratch_colors=((225, 240, 225), (190, 215, 230)),
         vertical=False,
         round_pads=True,
         jogs=False,
@@ -85,7 +105,7 @@ _STYLES: dict[str, _Style] = {
         copper=(55, 115, 195),
         hole=(4, 4, 4),
         hole_rim=(120, 150, 170),
-        scratch_colors=((235, 230, 225),),
+        scratch_colors=((235, 230, 225), (200, 215, 225)),
         vertical=True,
         round_pads=False,
         jogs=True,
@@ -94,6 +114,53 @@ _STYLES: dict[str, _Style] = {
         vignette=0.35,
     ),
 }
+
+
+@dataclass(frozen=True)
+class Defect:
+    """One drawn defect: class id, tight pixel box ``(x1, y1, x2, y2)`` (x2/y2 exclusive) and its pixels."""
+
+    cls: int
+    box: tuple[int, int, int, int]
+    mask: np.ndarray  # bool HxW, True where the defect was painted
+
+    def yolo_line(self, s: int) -> str:
+        """The YOLO label line (class, normalised centre and size) for an ``s`` x ``s`` image."""
+        x1, y1, x2, y2 = self.box
+        return f"{self.cls} {(x1 + x2) / 2 / s:.6f} {(y1 + y2) / 2 / s:.6f} {(x2 - x1) / s:.6f} {(y2 - y1) / s:.6f}"
+
+
+@dataclass(frozen=True)
+class RenderedImage:
+    """One generated image (uint8 BGR) and its defects, before it is written."""
+
+    image: np.ndarray
+    defects: tuple[Defect, ...]
+
+    @property
+    def labels(self) -> list[str]:
+        """YOLO label lines, one per defect."""
+        return [d.yolo_line(self.image.shape[0]) for d in self.defects]
+
+
+def render_image(line: str, split: str, index: int, *, imgsz: int, seed: int = 0) -> RenderedImage:
+    """Render image ``index`` of ``line``/``split`` exactly as :func:`generate_demo_dataset` writes it.
+
+    Each image has its own random stream (seeded by ``seed``, line, split and index), so changing the number
+    of val images does not change the train images, and one image can be re-rendered (with its defect masks)
+    without generating the dataset.
+
+    Raises:
+        InputError: unknown ``line`` or ``split``.
+    """
+    if line not in LINES or split not in SPLITS:
+        raise InputError(f"line must be one of {LINES} and split one of {SPLITS}, got {line!r}/{split!r}")
+    rng = np.random.Generator(
+        np.random.PCG64(np.random.SeedSequence([seed, LINES.index(line), SPLITS.index(split), index]))
+    )
+    # The first class cycles with the image index so every class shows up even in a small split.
+    img, defects = _render(rng, _STYLES[line], imgsz, first_cls=index % len(NAMES))
+    return RenderedImage(image=img, defects=tuple(defects))
 
 
 @dataclass
@@ -109,9 +176,9 @@ class _Board:
 def generate_demo_dataset(
     out: str | Path,
     *,
-    n_train: int = 48,
-    n_val: int = 16,
-    imgsz: int = 160,
+    n_train: int = DEFAULT_TRAIN,
+    n_val: int = DEFAULT_VAL,
+    imgsz: int = DEFAULT_IMGSZ,
     seed: int = 0,
     overwrite: bool = False,
 ) -> DemoDataset:
@@ -133,22 +200,20 @@ def generate_demo_dataset(
     final = check_output(out, overwrite).resolve()
     counts = {"train": n_train, "val": n_val}
     with atomic_output_dir(final, overwrite) as tmp:
-        for li, line in enumerate(LINES):
-            for si, split in enumerate(SPLITS):
+        for line in LINES:
+            for split in SPLITS:
                 img_dir = tmp / line / "images" / split
                 lbl_dir = tmp / line / "labels" / split
                 img_dir.mkdir(parents=True)
                 lbl_dir.mkdir(parents=True)
                 for i in range(counts[split]):
-                    # One independent stream per image: changing n_val does not change the train images.
-                    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, li, si, i])))
-                    img, labels = _render(rng, _STYLES[line], imgsz, first_cls=i % len(NAMES))
+                    r = render_image(line, split, i, imgsz=imgsz, seed=seed)
                     stem = f"{line}_{split}_{i:04d}"
-                    ok, png = cv2.imencode(".png", img)
+                    ok, png = cv2.imencode(".png", r.image)
                     if not ok:  # pragma: no cover - OpenCV always encodes uint8 BGR
                         raise RuntimeError(f"OpenCV failed to encode {stem}.png")
                     (img_dir / f"{stem}.png").write_bytes(png.tobytes())
-                    (lbl_dir / f"{stem}.txt").write_text("".join(f"{ln}\n" for ln in labels))
+                    (lbl_dir / f"{stem}.txt").write_text("".join(f"{ln}\n" for ln in r.labels))
             (tmp / f"{line}.yaml").write_text(_data_yaml(final / line, line, seed))
         (tmp / "README.md").write_text(_readme(n_train, n_val, imgsz, seed))
         manifest = {
@@ -181,15 +246,14 @@ def _readme(n_train: int, n_val: int, imgsz: int, seed: int) -> str:
     )
 
 
-def _render(rng: np.random.Generator, st: _Style, s: int, first_cls: int) -> tuple[np.ndarray, list[str]]:
-    """One image (uint8 BGR) and its YOLO label lines."""
+def _render(rng: np.random.Generator, st: _Style, s: int, first_cls: int) -> tuple[np.ndarray, list[Defect]]:
+    """One image (uint8 BGR) and its defects; ``first_cls`` is the class of the first defect."""
     board = _draw_board(rng, st, s)
     img = board.img
     n = int(rng.integers(1, 5))
-    # The first class cycles with the image index so every class shows up even in a small split.
     classes = [first_cls] + [int(c) for c in rng.integers(0, len(NAMES), n - 1)]
     boxes: list[tuple[int, int, int, int]] = []
-    labels: list[str] = []
+    defects: list[Defect] = []
     for cls in classes:
         for _ in range(30):  # rejection-sample a spot that does not touch an earlier defect
             mask, palette = _defect(rng, st, board, cls, s)
@@ -205,12 +269,9 @@ def _render(rng: np.random.Generator, st: _Style, s: int, first_cls: int) -> tup
             m = mask == v
             img[m] = np.asarray(col, np.float32) + rng.normal(0, 6, (int(m.sum()), 3)).astype(np.float32)
         boxes.append(box)
-        x1, y1, x2, y2 = box
-        labels.append(
-            f"{cls} {(x1 + x2) / 2 / s:.6f} {(y1 + y2) / 2 / s:.6f} {(x2 - x1) / s:.6f} {(y2 - y1) / s:.6f}"
-        )
+        defects.append(Defect(cls=cls, box=box, mask=mask > 0))
     img = _finish(rng, st, img, s)
-    return img, labels
+    return img, defects
 
 
 def _draw_board(rng: np.random.Generator, st: _Style, s: int) -> _Board:
@@ -301,12 +362,16 @@ def _defect(
         cv2.circle(mask, c, r + max(1, r // 3), 2, -1)
         cv2.circle(mask, c, r, 1, -1)
         return mask, (st.hole, st.hole_rim)
-    # Scratch: kept 20-70 degrees off the trace direction so it is not mistaken for a trace.
-    length = s * rng.uniform(0.12, 0.25)
-    ang = np.deg2rad(rng.uniform(20, 70)) * float(rng.choice([-1, 1]))
+    # Scratch: a bright stroke (see SCRATCH_* above). Its angle is measured from the x axis; for vertical
+    # traces that is 25-65 degrees off them too, as the range is symmetric about 45.
+    length = s * rng.uniform(*SCRATCH_LENGTH)
+    ang = np.deg2rad(rng.uniform(*SCRATCH_ANGLE_DEG)) * float(rng.choice([-1, 1]))
+    th = max(2, round(s * SCRATCH_WIDTH))
     dx, dy = length * np.cos(ang) / 2, length * np.sin(ang) / 2
-    cx, cy = rng.uniform(abs(dx) + 1, s - abs(dx) - 1), rng.uniform(abs(dy) + 1, s - abs(dy) - 1)
-    th = max(1, round(s / 160))
+    # Keep the whole stroke (half its width beyond the end points) inside the image.
+    pad = th / 2 + 1
+    cx = rng.uniform(abs(dx) + pad, s - abs(dx) - pad)
+    cy = rng.uniform(abs(dy) + pad, s - abs(dy) - pad)
     p0, p1 = (int(round(cx - dx)), int(round(cy - dy))), (int(round(cx + dx)), int(round(cy + dy)))
     cv2.line(mask, p0, p1, 1, th)
     return mask, (st.scratch_colors[int(rng.integers(0, len(st.scratch_colors)))],)
