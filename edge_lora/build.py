@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge_lora import backends
 from edge_lora.errors import InputError, ReferenceAccuracyError
 from edge_lora.fileio import atomic_output_dir, atomic_write_json, sha256_file, sha256_json
 
@@ -109,20 +110,10 @@ def _adapter_hashes(adapter: Path) -> dict[str, str]:
 
 
 def _bundle_files_for(artifact: dict[str, Any]) -> tuple[dict[str, Path], str, list[str]]:
-    """Bundle files of one artifact -> (files, path of the runner's file in the bundle, device outputs)."""
-    path, backend = Path(artifact["path"]), artifact["backend"]
-    if backend == "openvino":
-        # "<stem>_openvino_model" is the folder name ultralytics.YOLO() recognises as an OpenVINO model, so
-        # the bundle's IR also loads there directly. Bundles from before name it model/openvino; the runtime
-        # reads the path from the manifest, so both run.
-        return {"model/model_openvino_model": path.parent}, "model/model_openvino_model/model.xml", []
-    if backend == "tensorrt":
-        return (
-            {"model/tensorrt": path.parent},
-            f"model/tensorrt/{path.name}",
-            ["model/tensorrt/model.engine", "model/tensorrt/model.engine.json"],
-        )
-    return {"model/model.onnx": path}, "model/model.onnx", []
+    """Bundle files of one artifact -> (files, path of the runner's file in the bundle, device outputs), as
+    its backend's registry entry lays them out (``model/model.onnx``, ``model/model_openvino_model/``,
+    ``model/tensorrt/``; bundles from before with other paths still run: the manifest records the path)."""
+    return backends.get(artifact["backend"]).bundle_files(Path(artifact["path"]))
 
 
 #: The unmerged reference must score at least this share of the mAP50-95 the adapter recorded at training
@@ -521,17 +512,17 @@ def _write(
     if shown is not None:
         art_files, art_path, device_outputs = _bundle_files_for(shown)
         files.update(art_files)
-        from edge_lora.validate.compare import runner_settings
-
         artifacts.append(
             {
                 "path": art_path,
                 "backend": shown["backend"],
                 "precision": shown["precision"],
                 "role": "primary",
-                "runner_settings": runner_settings(profile, Path(shown["path"]))
-                if shown["backend"] != "tensorrt"
-                else {},
+                # The settings of the runner the bundle runs (a TensorRT engine's: none), not of the one that
+                # validated it here.
+                "runner_settings": backends.get(shown["backend"]).runner_settings(
+                    profile, Path(shown["path"])
+                ),
                 "device_outputs": device_outputs,
             }
         )

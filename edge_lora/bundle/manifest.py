@@ -42,6 +42,7 @@ from pydantic import (
     model_validator,
 )
 
+from edge_lora import backends
 from edge_lora.errors import EXIT_GATE_FAILED, EdgeLoraError, InputError
 from edge_lora.fileio import dumps_json, sha256_json
 from edge_lora.schema_errors import field_names_at, flatten, summary, unknown_key
@@ -75,13 +76,9 @@ MANIFEST_NAME = "manifest.json"
 #: Deployment confidence used when the target profile gives none (Ultralytics' predict default).
 DEFAULT_CONF = 0.25
 
-_ARTIFACT_SUFFIXES: dict[str, tuple[str, ...]] = {
-    "onnxruntime": (".onnx",),
-    "openvino": (".xml",),
-    # A TensorRT bundle ships the ONNX model the engine is built from on the device (engines are tied to
-    # one GPU and TensorRT release); an engine built elsewhere may be shipped as it is.
-    "tensorrt": (".onnx", ".engine", ".plan"),
-}
+#: Backend -> suffixes its artifact's path may have, read from the backend registry (a TensorRT bundle ships
+#: the ONNX the device builds its engine from, or an engine built elsewhere as it is).
+_ARTIFACT_SUFFIXES: Mapping[str, tuple[str, ...]] = backends.ARTIFACT_SUFFIXES
 _ENGINE_SUFFIXES = (".engine", ".plan")
 
 

@@ -1,6 +1,6 @@
 """``export()``: one merged checkpoint -> the artifacts a target profile asks for (public API of
-``edge-lora export``). Validates first, then dispatches to one backend module per precision; each backend
-is imported only in its branch.
+``edge-lora export``). Validates first, then builds each precision with the exporter its backend's registry
+entry names (:mod:`edge_lora.backends`); each backend's export module is imported only when it is used.
 
 Layout of ``out``::
 
@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge_lora import backends
 from edge_lora.errors import InputError, ToolError
 from edge_lora.fileio import atomic_output_dir, check_output, sha256_file
 
@@ -177,9 +178,10 @@ def _export_into(
     artifacts: list[Artifact] = []
     failures: dict[str, str] = {}
     fp32_seconds = time.perf_counter() - t0
-    if profile.backend == "onnxruntime" and "fp32" in chain:
+    spec = backends.get(profile.backend)
+    if spec.fp32_is_onnx and "fp32" in chain:  # ONNX Runtime: the FP32 ONNX is its fp32 artifact
         artifacts.append(
-            Artifact("onnxruntime", "fp32", fp32.path, fp32_seconds, {"output_form": fp32.output_form})
+            Artifact(spec.name, "fp32", fp32.path, fp32_seconds, {"output_form": fp32.output_form})
         )
 
     calib_set = None
@@ -196,7 +198,7 @@ def _export_into(
             calib_set = select_calibration(data, recipe, calib_dir, overwrite=True)
 
     for precision in chain:
-        if profile.backend == "onnxruntime" and precision == "fp32":
+        if spec.fp32_is_onnx and precision == "fp32":
             continue
         start = time.perf_counter()
         try:
@@ -255,6 +257,29 @@ def _qdq(profile, fp32_onnx: Path, out_path: Path, calib_set, model: Path, model
     )
 
 
+@dataclass
+class ExportJob:
+    """One precision to build for one profile: what a backend's exporter (``BackendSpec.exporter``) gets.
+
+    ``out`` is the export folder (the exporter writes into its own subfolder of it); ``start`` is when this
+    precision's build began (``time.perf_counter()``), for the artifact's ``seconds``.
+    """
+
+    profile: Any
+    precision: str
+    fp32_onnx: Path  # the FP32 ONNX every backend starts from
+    model: Path
+    model_sha: str
+    calib_set: Any  # CalibrationSet when int8 is in the chain, else None
+    out: Path
+    data: Path | None
+    start: float
+
+    def artifact(self, backend: str, path: Path, details: dict[str, Any] | None = None) -> Artifact:
+        """The built artifact, timed from ``start``."""
+        return Artifact(backend, self.precision, path, time.perf_counter() - self.start, details or {})
+
+
 def _export_one(
     profile,
     precision: str,
@@ -266,57 +291,77 @@ def _export_one(
     data: Path | None,
     start: float,
 ) -> Artifact:
-    backend = profile.backend
-    if backend == "onnxruntime":
-        if precision != "int8":
-            raise ToolError(f"ONNX Runtime on {profile.name}: {precision} is not built for CPU providers")
-        res = _qdq(profile, fp32_onnx, out / "onnxruntime-int8" / "model.onnx", calib_set, model, model_sha)
-        details = {
-            "quantize_nodes": res.quantize_nodes,
-            "quantized_convs": res.quantized_convs,
-            "float_convs": res.float_convs,
-            "activation_dtype": res.activation_dtype,
-        }
-        return Artifact("onnxruntime", "int8", res.path, time.perf_counter() - start, details)
-    if backend == "openvino":
-        from edge_lora.export.openvino_export import export_openvino
+    """Build one precision with the exporter the profile's backend registered (imported only now)."""
+    spec = backends.get(profile.backend)
+    job = ExportJob(profile, precision, fp32_onnx, model, model_sha, calib_set, out, data, start)
+    return spec.export_function()(job)
 
-        sample = _check_images(data, 1)
-        control = None
-        if precision == "int8" and profile.openvino is not None and profile.openvino.accuracy_aware:
-            control = _accuracy_control(profile, data, calib_set)
-        res = export_openvino(
-            fp32_onnx,
-            out / f"openvino-{precision}",
-            precision=precision,
-            calib=calib_set if precision == "int8" else None,
-            profile_settings=profile,
-            sample=sample[0] if sample else None,
-            accuracy_control=control,
-            overwrite=True,
-        )
-        return Artifact(
-            "openvino",
-            precision,
-            res.xml,
-            time.perf_counter() - start,
-            {"quantization": getattr(res, "quantization", None), "parity": getattr(res, "parity", None)},
-        )
-    if backend == "tensorrt":
-        from edge_lora.export.tensorrt_export import prepare_tensorrt
 
-        source = fp32_onnx
-        details: dict[str, Any] = {}
-        if precision == "int8":
-            qdq = _qdq(
-                profile, fp32_onnx, out / "tensorrt-int8-qdq" / "model.onnx", calib_set, model, model_sha
-            )
-            source = qdq.path
-            details = {"quantize_nodes": qdq.quantize_nodes, "activation_dtype": qdq.activation_dtype}
-        plan = prepare_tensorrt(
-            source, out / f"tensorrt-{precision}", profile, precision=precision, overwrite=True
+def export_onnxruntime(job: ExportJob) -> Artifact:
+    """ONNX Runtime: QDQ INT8 (its FP32 is the FP32 ONNX itself)."""
+    profile, precision = job.profile, job.precision
+    if precision != "int8":
+        raise ToolError(f"ONNX Runtime on {profile.name}: {precision} is not built for CPU providers")
+    out_path = job.out / "onnxruntime-int8" / "model.onnx"
+    res = _qdq(profile, job.fp32_onnx, out_path, job.calib_set, job.model, job.model_sha)
+    details = {
+        "quantize_nodes": res.quantize_nodes,
+        "quantized_convs": res.quantized_convs,
+        "float_convs": res.float_convs,
+        "activation_dtype": res.activation_dtype,
+    }
+    return Artifact("onnxruntime", "int8", res.path, time.perf_counter() - job.start, details)
+
+
+def export_openvino_ir(job: ExportJob) -> Artifact:
+    """OpenVINO IR: FP16 compressed, FP32 (computed in bf16 for bf16), NNCF INT8 (accuracy-aware if asked)."""
+    from edge_lora.export.openvino_export import export_openvino
+
+    profile, precision, calib_set = job.profile, job.precision, job.calib_set
+    sample = _check_images(job.data, 1)
+    control = None
+    if precision == "int8" and profile.openvino is not None and profile.openvino.accuracy_aware:
+        control = _accuracy_control(profile, job.data, calib_set)
+    res = export_openvino(
+        job.fp32_onnx,
+        job.out / f"openvino-{precision}",
+        precision=precision,
+        calib=calib_set if precision == "int8" else None,
+        profile_settings=profile,
+        sample=sample[0] if sample else None,
+        accuracy_control=control,
+        overwrite=True,
+    )
+    return Artifact(
+        "openvino",
+        precision,
+        res.xml,
+        time.perf_counter() - job.start,
+        {"quantization": getattr(res, "quantization", None), "parity": getattr(res, "parity", None)},
+    )
+
+
+def export_tensorrt_plan(job: ExportJob) -> Artifact:
+    """TensorRT: the ONNX the device builds its engine from (S8S8 QDQ for INT8), build_plan.json, trtexec.sh."""
+    from edge_lora.export.tensorrt_export import prepare_tensorrt
+
+    profile, precision, out = job.profile, job.precision, job.out
+    source = job.fp32_onnx
+    details: dict[str, Any] = {}
+    if precision == "int8":
+        qdq = _qdq(
+            profile,
+            job.fp32_onnx,
+            out / "tensorrt-int8-qdq" / "model.onnx",
+            job.calib_set,
+            job.model,
+            job.model_sha,
         )
-        details["build_plan"] = str(plan.plan_path)
-        details["trtexec"] = str(plan.trtexec_path)
-        return Artifact("tensorrt", precision, plan.onnx_path, time.perf_counter() - start, details)
-    raise ToolError(f"unknown backend {backend}")
+        source = qdq.path
+        details = {"quantize_nodes": qdq.quantize_nodes, "activation_dtype": qdq.activation_dtype}
+    plan = prepare_tensorrt(
+        source, out / f"tensorrt-{precision}", profile, precision=precision, overwrite=True
+    )
+    details["build_plan"] = str(plan.plan_path)
+    details["trtexec"] = str(plan.trtexec_path)
+    return Artifact("tensorrt", precision, plan.onnx_path, time.perf_counter() - job.start, details)

@@ -15,6 +15,7 @@ from typing import Any, Literal, get_args
 import yaml
 from pydantic import BaseModel, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from edge_lora import backends
 from edge_lora.errors import ProfileError
 from edge_lora.fileio import sha256_json
 from edge_lora.profiles.sections import (
@@ -328,32 +329,20 @@ class TargetProfile(_Document):
     # ---- derived views -------------------------------------------------------------------------------
 
     def buildable_precisions(self) -> set[str]:
-        """Precisions edge-lora builds for this backend and device (the schema checks the chain against it)."""
-        if self.backend == "onnxruntime":
-            return {"fp32", "int8"}
-        if self.backend == "openvino":
-            cpu = self.openvino is None or self.openvino.device == "CPU"
-            return {"fp32", "fp16", "int8"} | ({"bf16"} if cpu else set())
-        return {"fp32", "fp16", "int8"}
+        """Precisions edge-lora builds for this backend and device (the schema checks the chain against it);
+        the backend registry's ``precisions`` of this profile's backend."""
+        return set(backends.get(self.backend).precisions(self))
 
     def precision_chain(self) -> list[ConcretePrecision]:
         """Precisions to try, in order: ``precision`` then ``fallbacks``, with ``auto`` expanded.
 
-        ``auto`` means int8, then the backend's best float: fp16 on TensorRT and on OpenVINO GPU/NPU/AUTO;
-        bf16 then fp32 on OpenVINO CPU (bf16 is only faster on CPUs with AVX512-BF16 or AMX, which the
-        measurement decides); fp32 on ONNX Runtime.
+        ``auto`` is the backend registry's ``auto_precisions``: int8, then the backend's best float: fp16 on
+        TensorRT and on OpenVINO GPU/NPU/AUTO; bf16 then fp32 on OpenVINO CPU (bf16 is only faster on CPUs
+        with AVX512-BF16 or AMX, which the measurement decides); fp32 on ONNX Runtime.
         """
         if self.precision != "auto":
             return [self.precision, *self.fallbacks]
-        if self.backend == "tensorrt":
-            best: ConcretePrecision = "fp16"
-        elif self.backend == "openvino":
-            if self.openvino is None or self.openvino.device == "CPU":
-                return ["int8", "bf16", "fp32"]
-            best = "fp16"
-        else:
-            best = "fp32"
-        return ["int8", best]
+        return list(backends.get(self.backend).auto_precisions(self))  # type: ignore[arg-type]
 
     @property
     def backend_settings(self) -> OnnxRuntimeSettings | OpenVinoSettings | TensorRTSettings:

@@ -6,41 +6,31 @@ import inspect
 from pathlib import Path
 from typing import Any
 
+from edge_lora import backends
 from edge_lora.errors import InputError, ModelError
 from edge_lora.runtime.base import Runner
 
-ENGINE_SUFFIXES = (".engine", ".plan")
+ENGINE_SUFFIXES = backends.TENSORRT.suffixes
 
 
 def runner_class(path: str | Path) -> type[Runner]:
-    """The runner class for ``path``: ``.onnx`` -> ONNX Runtime, ``.xml`` or a folder holding an IR ->
-    OpenVINO, ``.engine``/``.plan`` -> TensorRT. Raises ModelError (missing) or InputError (unknown type)."""
+    """The runner class for ``path``, from the backend registry: ``.onnx`` -> ONNX Runtime, ``.xml`` or a
+    folder holding an IR -> OpenVINO, ``.engine``/``.plan`` -> TensorRT (and a registered backend's own
+    suffixes). Raises ModelError (missing) or InputError (unknown type)."""
     p = Path(path)
     if not p.exists():
         raise ModelError(f"model {p} does not exist")
-    suffix = p.suffix.lower()
+    spec = backends.for_artifact(p)
+    if spec is not None:
+        return spec.runner_class()
+    specs = backends.specs()
     if p.is_dir():
-        if any(p.glob("*.xml")):
-            from edge_lora.runtime.openvino_rt import OpenVinoRunner
-
-            return OpenVinoRunner
-        raise InputError(f"{p} is a folder without an OpenVINO IR; pass a .onnx, .xml, .engine or .plan file")
-    if suffix == ".onnx":
-        from edge_lora.runtime.onnxrt import OnnxRuntimeRunner
-
-        return OnnxRuntimeRunner
-    if suffix == ".xml":
-        from edge_lora.runtime.openvino_rt import OpenVinoRunner
-
-        return OpenVinoRunner
-    if suffix in ENGINE_SUFFIXES:
-        from edge_lora.runtime.tensorrt_rt import TensorRtRunner
-
-        return TensorRtRunner
-    raise InputError(
-        f"{p}: unknown model type {suffix or '(no suffix)'!r}; expected .onnx, an OpenVINO .xml "
-        f"(or its folder), .engine or .plan"
-    )
+        holds = " or ".join(s.folder_holds for s in specs if s.folder_holds) or "a model"
+        suffixes = [x for s in specs for x in s.suffixes]
+        listed = ", ".join(suffixes[:-1]) + f" or {suffixes[-1]}" if len(suffixes) > 1 else suffixes[0]
+        raise InputError(f"{p} is a folder without {holds}; pass a {listed} file")
+    expected = ", ".join(s.loads for s in specs)
+    raise InputError(f"{p}: unknown model type {p.suffix.lower() or '(no suffix)'!r}; expected {expected}")
 
 
 def load_runner(path: str | Path, **settings: Any) -> Runner:

@@ -18,6 +18,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from edge_lora import backends
 from edge_lora.errors import DataError, InputError
 from edge_lora.runtime.base import Runner
 from edge_lora.runtime.prepost import Detections, postprocess, preprocess
@@ -148,41 +149,18 @@ class ValidationReport:
 
 
 def runner_settings(profile: Any, artifact: Path) -> dict[str, Any]:
-    """Constructor settings for the artifact's runner, from the profile's backend section."""
-    suffix = artifact.suffix.lower()
-    if suffix == ".onnx":
-        ort = profile.onnxruntime
-        if ort is None:  # a TensorRT/OpenVINO profile's ONNX measured on this host's CPU
-            return {"providers": ["CPUExecutionProvider"]}
-        return {
-            "providers": list(ort.execution_providers),
-            "intra_op_threads": ort.intra_op_threads,
-            "graph_optimization": ort.graph_optimization_level,
-        }
-    if suffix == ".xml" or artifact.is_dir():
-        ov = profile.openvino
-        if ov is None:
-            return {}
-        from edge_lora.runtime.openvino_rt import recorded_inference_precision
-
-        return {
-            "device": ov.device,
-            "performance_hint": ov.performance_hint,
-            # A bf16 IR records its precision; the runner honours it, so report that.
-            "inference_precision": recorded_inference_precision(artifact) or ov.inference_precision_hint,
-            "num_streams": ov.num_streams,
-        }
-    return {}
+    """Constructor settings for the artifact's runner, from the profile's section of the backend that runs
+    it here (the backend registry: a TensorRT profile's ONNX runs on this host's CPU)."""
+    spec = backends.for_artifact(artifact)
+    return spec.runner_settings(profile, artifact) if spec is not None else {}  # load_runner says why
 
 
 def artifact_backend(artifact: Path) -> str:
     """The backend that runs ``artifact`` here."""
-    suffix = artifact.suffix.lower()
-    if suffix == ".onnx":
-        return "onnxruntime"
-    if suffix in (".engine", ".plan"):
-        return "tensorrt"
-    return "openvino"
+    spec = backends.for_artifact(artifact)
+    if spec is None:
+        raise InputError(f"{artifact}: no registered backend runs it ({', '.join(backends.names())})")
+    return spec.name
 
 
 def _read_images(paths: list[Path], skipped: list[str]) -> Iterator[tuple[Path, np.ndarray]]:
