@@ -32,7 +32,7 @@ def _figure(path: Path, size: tuple[float, float], *, log_x: bool = False) -> It
 def _plot_cdf(ax: Any, latency: dict[str, Any], label: str, style: str) -> None:
     """One empirical CDF: a step per timed run when the report kept them (``samples_ms``); reports written
     before runs were kept only have percentiles, drawn as points and labelled as such."""
-    from edge_lora.validate.metrics import LatencyStats
+    from edge_lora.runtime.timing import LatencyStats
 
     x, y, exact = LatencyStats.from_dict(latency).cdf()
     if exact:

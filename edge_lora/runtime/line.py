@@ -54,7 +54,7 @@ from edge_lora.fileio import atomic_write_bytes
 from edge_lora.runtime.loader import load_runner
 from edge_lora.runtime.prepost import Detections, postprocess, preprocess
 from edge_lora.runtime.sinks import JsonlSink
-from edge_lora.validate.metrics import LatencyStats
+from edge_lora.runtime.timing import LatencyStats
 
 __all__ = [
     "IMAGE_SUFFIXES",

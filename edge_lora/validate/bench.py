@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from edge_lora.errors import InputError
-from edge_lora.validate.metrics import LatencyStats, peak_rss_mb
+from edge_lora.runtime.timing import LatencyStats, peak_rss_mb
 
 SCHEMA = "edge-lora-bench/1"
 
