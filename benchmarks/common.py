@@ -1,5 +1,6 @@
 """What the benchmark scripts share: where the DeepPCB data, the base model and the default adapter live, and
-how a shipped profile with overrides becomes a YAML file that ``export``/``validate``/``build`` resolve."""
+how a shipped profile with overrides becomes the ``TargetProfile`` that ``export``/``validate`` take (and a
+YAML file, for the record and for ``build``/the CLI)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,15 @@ NEWBOARDS = SHARED / "datasets" / "deeppcb" / "newboards.yaml"  # the new produc
 LORA8 = REPO / "benchmarks" / "work" / "lora_vs_full" / "lora8"  # trained by lora_vs_full.py
 
 
+def target_profile(profile: str, overrides: dict[str, Any], origin: str) -> Any:
+    """``profile`` (a shipped name) with dotted-key ``overrides``: the ``TargetProfile`` that ``export`` and
+    ``validate`` take as it is (a relative calibration recipe still resolves against ``targets/``)."""
+    from edge_lora.profiles import resolve_target
+
+    resolved, _ = resolve_target(profile)
+    return resolved.with_overrides(overrides, origin=origin) if overrides else resolved
+
+
 def profile_file(folder: Path, key: str, profile: str, overrides: dict[str, Any]) -> tuple[Path, str]:
     """Write ``profile`` (a shipped name) with dotted-key ``overrides`` to ``folder/key.yaml``.
 
@@ -22,11 +32,7 @@ def profile_file(folder: Path, key: str, profile: str, overrides: dict[str, Any]
     """
     import yaml
 
-    from edge_lora.profiles import resolve_target
-
-    resolved, _ = resolve_target(profile)
-    if overrides:
-        resolved = resolved.with_overrides(overrides, origin=folder.name)
+    resolved = target_profile(profile, overrides, folder.name)
     doc = yaml.safe_load(resolved.to_yaml())
     calib = doc.get("calibration")
     if calib and calib.endswith((".yaml", ".yml")) and not Path(calib).is_absolute():
@@ -37,8 +43,8 @@ def profile_file(folder: Path, key: str, profile: str, overrides: dict[str, Any]
     return path, resolved.sha256()
 
 
-def validate_merged(artifact: Path, profile: str | Path, data: Path, args: Any, reference_cache: dict) -> Any:
-    """``validate()`` of a merged artifact against the unmerged base + ``args.adapter`` in PyTorch, with the
+def validate_merged(artifact: Path, profile: Any, data: Path, args: Any, reference_cache: dict) -> Any:
+    """``validate()`` of a merged artifact (``profile``: a ``TargetProfile``, or a name or YAML file) against the unmerged base + ``args.adapter`` in PyTorch, with the
     benchmark's ``--max-images/--runs/--warmup``; the reference runs once per ``reference_cache``."""
     from edge_lora.validate.compare import validate
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import BASE, LORA8, NEWBOARDS, REPO, SHARED, profile_file, validate_merged  # noqa: E402
+from common import BASE, LORA8, NEWBOARDS, REPO, SHARED, target_profile, validate_merged  # noqa: E402
 from machine import machine_details, markdown_details  # noqa: E402
 
 DATA = NEWBOARDS
@@ -144,7 +144,7 @@ def main() -> None:
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         }
         try:
-            profile, _ = profile_file(args.work / "profiles", name, profile_name, overrides)
+            profile = target_profile(profile_name, overrides, name)
             t0 = time.perf_counter()
             res = export(merged, profile, args.work / name, data=DATA, precisions=["int8"], overwrite=True)
             row["export_seconds"] = round(time.perf_counter() - t0, 1)

@@ -232,7 +232,7 @@ def build(
             profile = profile.with_overrides(overrides, origin="--set")
         if precision:
             profile = profile.with_overrides({"precision": precision, "fallbacks": []}, origin="--precision")
-        resolved.append((t, profile, message))
+        resolved.append((profile, message))
     from edge_lora.data.checks import load_data_yaml
 
     spec = load_data_yaml(data)
@@ -283,7 +283,7 @@ def build(
         )
         merged_pt = Path(merged["merged"])
 
-        for target_arg, target_profile, message in resolved:
+        for target_profile, message in resolved:
             records = list(adapter_stages)
             profile, imgsz_note = fit_imgsz(
                 target_profile, trained_imgsz, "imgsz" in (overrides or {}), adapter.name
@@ -321,16 +321,10 @@ def build(
                 records,
             )
 
-            def do_export(tmp: Path, profile=profile, target_arg=target_arg, merged_pt=merged_pt) -> dict:
+            def do_export(tmp: Path, profile=profile, merged_pt=merged_pt) -> dict:
                 from edge_lora.export.api import export
 
-                res = export(
-                    merged_pt,
-                    _profile_file(profile, tmp, target_arg),
-                    tmp / "export",
-                    data=data,
-                    overwrite=True,
-                )
+                res = export(merged_pt, profile, tmp / "export", data=data, overwrite=True)
                 return {
                     **res.to_dict(),
                     "verdict": f"{len(res.artifacts)} artifacts"
@@ -355,16 +349,14 @@ def build(
             for art in ordered:
                 art_sha = sha256_file(art["path"])
 
-                def do_validate(
-                    tmp: Path, art=art, profile=profile, target_arg=target_arg, adapter=adapter
-                ) -> dict:
+                def do_validate(tmp: Path, art=art, profile=profile, adapter=adapter) -> dict:
                     from edge_lora.validate.compare import validate
                     from edge_lora.validate.report_md import render_markdown
 
                     rep = validate(
                         art["path"],
                         data=data,
-                        target=_profile_file(profile, tmp, target_arg),
+                        target=profile,
                         reference_base=base,
                         reference_adapter=adapter,
                         max_images=max_images,
@@ -461,29 +453,6 @@ def build(
             )
             emit("bundle", results[-1].to_dict())
     return BuildResult(results)
-
-
-def _profile_file(profile: Any, tmp: Path, target_arg: str) -> str:
-    """The profile as a file the export/validate APIs can resolve (keeps --precision overrides).
-
-    A calibration recipe given as a path relative to the user's profile is made absolute, since the copy
-    lives elsewhere.
-    """
-    import yaml
-
-    doc = yaml.safe_load(profile.to_yaml())
-    calib = doc.get("calibration")
-    base_dir = getattr(profile, "_calib_base", None)
-    if (
-        calib
-        and base_dir
-        and (calib.endswith((".yaml", ".yml")) or "/" in calib)
-        and not Path(calib).is_absolute()
-    ):
-        doc["calibration"] = str((Path(base_dir) / calib).resolve())
-    path = tmp / "profile.yaml"
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return str(path)
 
 
 def _write(

@@ -8,11 +8,8 @@ bundle itself (and its hashes) stays untouched.
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from edge_lora.fileio import atomic_write_json, atomic_write_text
 
@@ -27,7 +24,7 @@ def finish_on_device(
 ) -> dict[str, Any]:
     """Engine build (TensorRT), validation against the unmerged reference, bench; return a summary dict."""
     from edge_lora.bundle.pack import load_verified
-    from edge_lora.profiles import list_recipes
+    from edge_lora.profiles import TargetProfile, _validate, list_recipes
     from edge_lora.validate.bench import bench
     from edge_lora.validate.compare import validate
     from edge_lora.validate.report_md import render_markdown
@@ -45,23 +42,23 @@ def finish_on_device(
         candidate = engine
     out = bundle.with_name(bundle.name + ".on-device")
     out.mkdir(exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        profile_file = Path(tmp) / "profile.yaml"
-        doc = dict(manifest.target.profile)
-        if doc.get("calibration") and doc["calibration"] not in list_recipes():
-            # A user recipe file lived on the build host; validation does not calibrate, but the schema wants
-            # an INT8 profile to name a recipe, so name a shipped one (provenance keeps the real one's hash).
-            doc["calibration"] = "default"
-        profile_file.write_text(yaml.safe_dump(doc, sort_keys=False))
-        report = validate(
-            candidate,
-            data=data,
-            target=profile_file,
-            reference_artifact=bundle / "reference" / "unmerged.onnx",
-            max_images=max_images,
-            runs=runs,
-            warmup=warmup,
-        )
+    where = f"{bundle / 'manifest.json'}: target.profile"
+    doc = manifest.target.profile
+    fix = {}
+    if doc.get("calibration") and doc["calibration"] not in list_recipes():
+        # A user recipe file lived on the build host; validation does not calibrate, but the schema wants
+        # an INT8 profile to name a recipe, so name a shipped one (provenance keeps the real one's hash).
+        fix = {"calibration": "default"}
+    profile = _validate(TargetProfile, doc, lambda _loc: where).with_overrides(fix, origin=where)
+    report = validate(
+        candidate,
+        data=data,
+        target=profile,
+        reference_artifact=bundle / "reference" / "unmerged.onnx",
+        max_images=max_images,
+        runs=runs,
+        warmup=warmup,
+    )
     atomic_write_json(out / "validation.json", report.to_dict())
     atomic_write_text(out / "report.md", render_markdown(report))
     b = bench(candidate, runs=runs or 200, warmup=warmup or 20, settings=primary.runner_settings or None)

@@ -16,11 +16,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge_lora import backends
 from edge_lora.errors import InputError, ToolError
 from edge_lora.fileio import atomic_output_dir, check_output, sha256_file
+
+if TYPE_CHECKING:
+    from edge_lora.profiles import TargetProfile
 
 
 @dataclass
@@ -88,7 +91,7 @@ def _check_images(data: Path | None, n: int = 2) -> list[Path] | None:
 
 def export(
     model: str | Path,
-    target: str | Path,
+    target: str | Path | TargetProfile,
     out: str | Path,
     *,
     data: str | Path | None = None,
@@ -100,7 +103,7 @@ def export(
 
     Args:
         model: the checkpoint (any Ultralytics detection checkpoint works).
-        target: profile name, family or YAML file.
+        target: a resolved ``TargetProfile`` (used as it is), or a profile name, family or YAML file.
         out: output folder (refused if it exists, unless ``overwrite``).
         data: data YAML; its val images check each export, and INT8 calibrates on it when ``calib`` is None.
         calib: a calibration set folder from ``edge-lora calib`` (INT8).
@@ -111,7 +114,7 @@ def export(
     """
     from edge_lora.profiles import resolve_target
 
-    profile, _ = resolve_target(str(target))
+    profile, _ = resolve_target(str(target) if isinstance(target, (str, Path)) else target)
     model, out = Path(model), Path(out)
     chain = precisions or profile.precision_chain()
     offered = profile.buildable_precisions()  # what the schema checked the profile's own chain against

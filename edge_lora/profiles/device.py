@@ -41,13 +41,18 @@ def read_device_model() -> str | None:
     return text or None
 
 
-def resolve_target(name_or_path: str | Path) -> tuple[TargetProfile, str | None]:
+def resolve_target(name_or_path: str | Path | TargetProfile) -> tuple[TargetProfile, str | None]:
     """Load ``--target``: a profile name, a YAML path, or a family alias (cpu, intel, jetson, gpu, rpi).
+
+    A :class:`TargetProfile` is already resolved: it comes back as it is (with its overrides and the folder
+    its relative calibration recipe resolves against), so the APIs take either and resolve at the edge.
 
     For a family the profile is picked by matching ``/proc/device-tree/model`` against the family's
     ``hardware.model_match`` strings (longest match wins), else :data:`FAMILY_DEFAULTS`. The second element
     says which profile was picked and why; it is None when no alias was involved.
     """
+    if isinstance(name_or_path, TargetProfile):
+        return name_or_path, None
     if isinstance(name_or_path, Path) or name_or_path not in FAMILIES:
         return load_profile(name_or_path), None
     family = name_or_path

@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -35,6 +35,9 @@ from edge_lora.validate.metrics import (
     read_yolo_labels,
     speedup,
 )
+
+if TYPE_CHECKING:
+    from edge_lora.profiles import TargetProfile
 
 EVAL_CONF = 0.001  # detections kept for mAP (as Ultralytics val); the deploy threshold only drives P/R/F1
 
@@ -229,7 +232,7 @@ def validate(
     candidate: str | Path,
     *,
     data: str | Path,
-    target: str | Path,
+    target: str | Path | TargetProfile,
     reference_base: str | Path | None = None,
     reference_adapter: str | Path | None = None,
     reference_artifact: str | Path | None = None,
@@ -240,7 +243,8 @@ def validate(
     progress: Any = None,
     reference_cache: ReferenceCache | None = None,
 ) -> ValidationReport:
-    """Validate ``candidate`` against the unmerged reference on ``data``'s val split for ``target``.
+    """Validate ``candidate`` against the unmerged reference on ``data``'s val split for ``target`` (a
+    resolved ``TargetProfile``, used as it is, or a profile name, family or YAML file).
 
     The reference is ``reference_base`` (+ ``reference_adapter``) run in PyTorch, or ``reference_artifact``
     (e.g. the unmerged model exported to ONNX) run by its torch-free runner. With ``reference_cache``, a
@@ -252,7 +256,7 @@ def validate(
     from edge_lora.runtime.loader import load_runner
     from edge_lora.validate.device import describe_device, latency_is_proxy
 
-    profile, _ = resolve_target(str(target))
+    profile, _ = resolve_target(str(target) if isinstance(target, (str, Path)) else target)
     candidate = Path(candidate)
     spec = load_data_yaml(data, splits=("val",))
     paths = sorted(spec.splits["val"])[: max_images or None]
