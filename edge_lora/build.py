@@ -81,7 +81,11 @@ class StageCache:
     def run(
         self, stage: str, key: dict[str, Any], fn: Callable[[Path], dict[str, Any]]
     ) -> tuple[Path, dict, bool]:
-        """Return (folder, result, cached); run ``fn(tmp_folder) -> result`` when there is no valid entry."""
+        """Return (folder, result, cached); run ``fn(tmp_folder) -> result`` when there is no valid entry.
+
+        A result names the files it wrote relative to the folder it was given (``done.json`` stores it as
+        it is), so the caller resolves them against the returned folder wherever that folder now is.
+        """
         folder = self.root / stage / sha256_json(key)[:20]
         done = folder / "done.json"
         if done.is_file():
@@ -98,9 +102,6 @@ class StageCache:
             atomic_write_json(
                 tmp / "done.json", {"stage": stage, "key": key, "result": result, "files": files}
             )
-        # Results may name files inside the temp folder: point them at the final one.
-        result = json.loads(json.dumps(result).replace(str(tmp), str(folder)))
-        atomic_write_json(done, {"stage": stage, "key": key, "result": result, "files": files})
         return folder, result, False
 
 
@@ -273,15 +274,15 @@ def build(
 
             report = merge(base, adapter, tmp / "merged.pt", data=data)
             return {
-                "merged": str(tmp / "merged.pt"),
+                "merged": "merged.pt",
                 "sha256": report.out_sha256,
                 "parity_max_rel": report.parity.max_rel,
             }
 
-        _, merged = timed(
+        mfolder, merged = timed(
             f"merge:{adapter.name}", {"base": base_sha, "adapter": adapter_files}, do_merge, adapter_stages
         )
-        merged_pt = Path(merged["merged"])
+        merged_pt = mfolder / merged["merged"]
 
         for target_profile, message in resolved:
             records = list(adapter_stages)
@@ -305,9 +306,9 @@ def build(
                     end2end=end2end,
                     max_det=profile.max_det,
                 )
-                return {"path": str(path)}
+                return {"path": Path(path).relative_to(tmp).as_posix()}
 
-            _, ref = timed(
+            rfolder, ref = timed(
                 "reference",
                 {
                     "base": base_sha,
@@ -326,17 +327,20 @@ def build(
 
                 res = export(merged_pt, profile, tmp / "export", data=data, overwrite=True)
                 return {
-                    **res.to_dict(),
+                    **res.to_dict(relative_to=tmp),
                     "verdict": f"{len(res.artifacts)} artifacts"
                     + (f", {len(res.failures)} failed" if res.failures else ""),
                 }
 
-            _, exported = timed(
+            efolder, export_doc = timed(
                 f"export:{profile.name}",
                 {"merged": merged["sha256"], "profile": profile.sha256(), "data": data_hash},
                 do_export,
                 records,
             )
+            from edge_lora.export.api import ExportResult
+
+            exported = ExportResult.from_dict(export_doc, efolder).to_dict()
             candidates, chosen = [], None
             auto = profile.precision == "auto"
             order = (
@@ -369,8 +373,8 @@ def build(
                     return {
                         "passed": rep.passed,
                         "verdict": "PASS" if rep.passed else "FAIL",
-                        "json": str(tmp / "validation.json"),
-                        "md": str(tmp / "report.md"),
+                        "json": "validation.json",
+                        "md": "report.md",
                     }
 
                 vfolder, val = timed(
@@ -387,7 +391,7 @@ def build(
                     do_validate,
                     records,
                 )
-                report = json.loads(Path(val["json"]).read_text())
+                report = json.loads((vfolder / val["json"]).read_text())
                 if not candidates:  # one reference per target: judge it once
                     warning = check_reference_accuracy(
                         report["reference"]["accuracy"]["map50_95"],
@@ -403,8 +407,8 @@ def build(
                     {
                         **art,
                         "passed": val["passed"],
-                        "validation": val["json"],
-                        "report_md": val["md"],
+                        "validation": str(vfolder / val["json"]),
+                        "report_md": str(vfolder / val["md"]),
                         "map50_95": report["candidate"]["accuracy"]["map50_95"],
                         "ref_map50_95": report["reference"]["accuracy"]["map50_95"],
                         "agreement_f1": report["agreement"]["f1"],
@@ -429,7 +433,7 @@ def build(
                 base,
                 base_sha,
                 merged,
-                Path(ref["path"]),
+                rfolder / ref["path"],
                 profile,
                 spec,
                 exported,

@@ -342,3 +342,45 @@ def test_full_disk_in_the_stage_cache_leaves_no_partial_stage(tmp_path, build_cl
     assert res.exit_code == 4, res.output
     assert "no space left" in res.output and str(cache) in res.output and "Traceback" not in res.output
     assert not _no_partials(cache) and not list(cache.rglob("done.json"))
+
+
+def test_stage_results_name_files_relative_to_their_folder_so_a_moved_cache_is_reused(tmp_path):
+    from edge_lora.build import StageCache
+
+    def write(tmp: Path) -> dict:
+        (tmp / "a.txt").write_text("x")
+        return {"file": "a.txt"}
+
+    folder, result, cached = StageCache(tmp_path / "c1").run("s", {"k": 1}, write)
+    assert not cached and (folder / result["file"]).read_text() == "x"
+    assert json.loads((folder / "done.json").read_text())["result"] == {"file": "a.txt"}
+    shutil.move(tmp_path / "c1", tmp_path / "c2")
+    folder, result, cached = StageCache(tmp_path / "c2").run("s", {"k": 1}, lambda _t: pytest.fail("rerun"))
+    assert cached and folder.parent.parent == tmp_path / "c2" and (folder / result["file"]).read_text() == "x"
+
+
+def test_export_result_serialises_paths_relative_to_its_folder(tmp_path):
+    from edge_lora.export.api import Artifact, ExportResult
+
+    def result(folder: Path) -> ExportResult:
+        onnx, plan = folder / "onnx" / "model.onnx", folder / "tensorrt-fp16" / "build_plan.json"
+        details = {"build_plan": str(plan), "nodes": 3, "sample": "/data/x.jpg", "parity": {"max": 0.1}}
+        art = Artifact("tensorrt", "fp16", onnx, 1.25, details)
+        return ExportResult(folder, "t", "sha", onnx, [art], folder / "calibration", {"int8": "no"})
+
+    a = tmp_path / "a"
+    (a / "onnx").mkdir(parents=True)
+    (a / "onnx" / "model.onnx").write_bytes(b"onnx")
+    relative = json.loads(json.dumps(result(a).to_dict(relative_to=a)))
+    art = relative["artifacts"][0]
+    assert (relative["out"], relative["fp32_onnx"], relative["calibration"]) == (
+        ".",
+        "onnx/model.onnx",
+        "calibration",
+    )
+    assert (
+        art["path"] == "onnx/model.onnx" and art["details"]["build_plan"] == "tensorrt-fp16/build_plan.json"
+    )
+    assert art["details"]["sample"] == "/data/x.jpg" and art["path_details"] == ["build_plan"]
+    shutil.move(a, tmp_path / "b")
+    assert ExportResult.from_dict(relative, tmp_path / "b").to_dict() == result(tmp_path / "b").to_dict()

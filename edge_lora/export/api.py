@@ -44,16 +44,46 @@ class Artifact:
             size += self.path.with_suffix(".bin").stat().st_size
         return size
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able form."""
-        return {
+    def to_dict(self, relative_to: Path | None = None) -> dict[str, Any]:
+        """JSON-able form; with ``relative_to``, paths inside that folder are written relative to it (the
+        details that hold one are listed under ``path_details``) and :meth:`from_dict` makes them absolute
+        against wherever the folder is then."""
+        d = {
             "backend": self.backend,
             "precision": self.precision,
-            "path": str(self.path),
+            "path": _path_str(self.path, relative_to),
             "bytes": self.bytes,
             "seconds": round(self.seconds, 2),
-            "details": self.details,
+            "details": dict(self.details),
         }
+        if relative_to is not None:
+            inside = [
+                k
+                for k, v in self.details.items()
+                if isinstance(v, (str, Path)) and Path(v).is_relative_to(relative_to)
+            ]
+            d["details"].update({k: _path_str(Path(self.details[k]), relative_to) for k in inside})
+            d["path_details"] = inside
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], base: Path | None = None) -> Artifact:
+        """The artifact :meth:`to_dict` wrote, its relative paths resolved against ``base``."""
+        details = dict(d.get("details") or {})
+        for k in d.get("path_details", []):
+            details[k] = str(_resolved(details[k], base))
+        return cls(d["backend"], d["precision"], _resolved(d["path"], base), d["seconds"], details)
+
+
+def _path_str(path: Path, relative_to: Path | None) -> str:
+    if relative_to is not None and path.is_relative_to(relative_to):
+        return path.relative_to(relative_to).as_posix()
+    return str(path)
+
+
+def _resolved(path: str, base: Path | None) -> Path:
+    """``path`` against ``base`` (an absolute path stays as it is)."""
+    return Path(path) if base is None else base / path
 
 
 @dataclass
@@ -68,17 +98,31 @@ class ExportResult:
     calibration: Path | None
     failures: dict[str, str]  # precision -> why it could not be built
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able form."""
+    def to_dict(self, relative_to: Path | None = None) -> dict[str, Any]:
+        """JSON-able form; with ``relative_to`` (the export folder, or one above it), paths inside it are
+        relative and :meth:`from_dict` resolves them against where that folder is when it is read."""
         return {
-            "out": str(self.out),
+            "out": _path_str(self.out, relative_to) if relative_to is not None else str(self.out),
             "target": self.target,
             "model_sha256": self.model_sha256,
-            "fp32_onnx": str(self.fp32_onnx),
-            "artifacts": [a.to_dict() for a in self.artifacts],
-            "calibration": str(self.calibration) if self.calibration else None,
+            "fp32_onnx": _path_str(self.fp32_onnx, relative_to),
+            "artifacts": [a.to_dict(relative_to) for a in self.artifacts],
+            "calibration": _path_str(self.calibration, relative_to) if self.calibration else None,
             "failures": self.failures,
         }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], base: Path | None = None) -> ExportResult:
+        """The result :meth:`to_dict` wrote, its relative paths resolved against ``base``."""
+        return cls(
+            _resolved(d["out"], base),
+            d["target"],
+            d["model_sha256"],
+            _resolved(d["fp32_onnx"], base),
+            [Artifact.from_dict(a, base) for a in d["artifacts"]],
+            _resolved(d["calibration"], base) if d.get("calibration") else None,
+            dict(d.get("failures") or {}),
+        )
 
 
 def _check_images(data: Path | None, n: int = 2) -> list[Path] | None:
@@ -134,23 +178,10 @@ def export(
     data = Path(data) if data else None
     model_sha = sha256_file(model)
     # Everything is written into a temp folder renamed at the end: a failed export leaves nothing behind.
+    # Its paths are written relative to the temp folder and read back against the final one.
     with atomic_output_dir(out, overwrite) as tmp:
-        result = _export_into(tmp, profile, chain, model, model_sha, data, calib)
-    return _relocated(result, tmp, out)
-
-
-def _relocated(result: ExportResult, tmp: Path, out: Path) -> ExportResult:
-    def move(p: Path | None) -> Path | None:
-        return None if p is None else Path(str(p).replace(str(tmp), str(out), 1))
-
-    for a in result.artifacts:
-        a.path = move(a.path)
-        a.details = {
-            k: (str(move(Path(v))) if isinstance(v, str) and v.startswith(str(tmp)) else v)
-            for k, v in a.details.items()
-        }
-    result.out, result.fp32_onnx, result.calibration = out, move(result.fp32_onnx), move(result.calibration)
-    return result
+        relative = _export_into(tmp, profile, chain, model, model_sha, data, calib).to_dict(relative_to=tmp)
+    return ExportResult.from_dict(relative, out)
 
 
 def _export_into(
