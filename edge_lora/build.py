@@ -391,14 +391,13 @@ def build(
                     do_validate,
                     records,
                 )
+                from edge_lora.validate.compare import ValidationReport
+
                 report = json.loads((vfolder / val["json"]).read_text())
+                rep = ValidationReport.from_dict(report)
                 if not candidates:  # one reference per target: judge it once
                     warning = check_reference_accuracy(
-                        report["reference"]["accuracy"]["map50_95"],
-                        adapter_meta,
-                        adapter.name,
-                        data,
-                        profile.imgsz,
+                        rep.reference.accuracy.map50_95, adapter_meta, adapter.name, data, profile.imgsz
                     )
                     if warning:
                         notes.append(warning)
@@ -409,15 +408,15 @@ def build(
                         "passed": val["passed"],
                         "validation": str(vfolder / val["json"]),
                         "report_md": str(vfolder / val["md"]),
-                        "map50_95": report["candidate"]["accuracy"]["map50_95"],
-                        "ref_map50_95": report["reference"]["accuracy"]["map50_95"],
-                        "agreement_f1": report["agreement"]["f1"],
-                        "model_p50_ms": report["candidate"]["latency"]["model"]["p50_ms"],
-                        "e2e_p50_ms": report["candidate"]["latency"]["e2e"]["p50_ms"],
-                        "e2e_p99_ms": report["candidate"]["latency"]["e2e"]["p99_ms"],
-                        "ref_e2e_p50_ms": report["reference"]["latency"]["e2e"]["p50_ms"],
-                        "speedup": report["speedup_e2e_p50"],
-                        "report": report,
+                        "map50_95": rep.candidate.accuracy.map50_95,
+                        "ref_map50_95": rep.reference.accuracy.map50_95,
+                        "agreement_f1": rep.agreement.f1,
+                        "model_p50_ms": rep.candidate.latency["model"].p50_ms,
+                        "e2e_p50_ms": rep.candidate.latency["e2e"].p50_ms,
+                        "e2e_p99_ms": rep.candidate.latency["e2e"].p99_ms,
+                        "ref_e2e_p50_ms": rep.reference.latency["e2e"].p50_ms,
+                        "speedup": rep.speedup,
+                        "report": report,  # the file's own form, for the plots and the bundle's manifest
                     }
                 )
                 if val["passed"] and not auto:

@@ -67,7 +67,11 @@ def test_merged_fp32_agrees_with_unmerged_reference(merged_onnx, against_unmerge
     assert report.passed and report.return_code == 0
     lat = report.candidate.latency["e2e"]
     assert lat.count == 5 and lat.p50_ms <= lat.p90_ms <= lat.p99_ms <= lat.max_ms
-    json.dumps(report.to_dict())  # serialisable
+    written = json.loads(json.dumps(report.to_dict()))  # serialisable, and read back whole
+    from edge_lora.validate.compare import ValidationReport
+
+    back = ValidationReport.from_dict(written)
+    assert json.loads(json.dumps(back.to_dict())) == written and back.passed == report.passed
 
 
 def test_reference_pass_is_reused_from_the_cache(merged_onnx, against_unmerged):

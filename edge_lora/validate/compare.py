@@ -86,6 +86,18 @@ class SideResult:
             "peak_rss_mb": self.peak_rss_mb,
         }
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SideResult:
+        """Inverse of :meth:`to_dict`."""
+        return cls(
+            data["name"],
+            data["artifact"],
+            AccuracyResult.from_dict(data["accuracy"]),
+            {k: LatencyStats.from_dict(v) for k, v in data["latency"].items()},
+            data["load_time_s"],
+            data["peak_rss_mb"],
+        )
+
 
 @dataclass
 class ValidationReport:
@@ -149,6 +161,25 @@ class ValidationReport:
             "device": self.device,
             "settings": self.settings,
         }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ValidationReport:
+        """Inverse of :meth:`to_dict` (a ``validation.json``); what it derives (``passed``, ``deltas``,
+        ``speedup_e2e_p50``) is recomputed, not read."""
+        return cls(
+            data["target"],
+            SideResult.from_dict(data["candidate"]),
+            SideResult.from_dict(data["reference"]),
+            AgreementResult.from_dict(data["agreement"]),
+            data["parity"],
+            GateReport.from_dict(data["gates"]),
+            data["images"],
+            list(data["skipped_images"]),
+            data["latency_is_proxy"],
+            data["proxy_reason"],
+            data["device"],
+            data.get("settings", {}),
+        )
 
 
 def runner_settings(profile: Any, artifact: Path) -> dict[str, Any]:
