@@ -387,6 +387,9 @@ def build(
                         "runs": runs,
                         "warmup": warmup,
                         "reference": {"base": base_sha, "adapter": adapter_files},
+                        # validation.json as ValidationReport.from_dict reads it: a cache entry from an
+                        # older format (no Ultralytics mAP, no samples) is recomputed, never misread.
+                        "report_format": 2,
                     },
                     do_validate,
                     records,
