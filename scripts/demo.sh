@@ -11,8 +11,8 @@ set -euo pipefail
 DEMO=${DEMO:-demo_out}
 CLI=${CLI:-edge-lora}
 IMGSZ=${IMGSZ:-128}
-BASE_EPOCHS=${BASE_EPOCHS:-50}
-LORA_EPOCHS=${LORA_EPOCHS:-25}
+BASE_EPOCHS=${BASE_EPOCHS:-40}
+LORA_EPOCHS=${LORA_EPOCHS:-20}
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 

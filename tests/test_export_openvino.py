@@ -335,3 +335,23 @@ def test_accuracy_aware_images_come_from_train_by_default(demo_data):
     picked = [next(i for i, a in enumerate(all_train) if np.array_equal(a.batch, t.batch)) for t in train]
     assert picked == [0, 2, 5]
     assert not any(np.array_equal(t.batch, v.batch) for t in train for v in val)
+
+
+def test_int8_score_check_looks_at_anchors_that_could_detect():
+    """Background anchors near 1e-3 carry INT8 noise that says nothing about detections (it pulled a good
+    demo IR's plain score cosine to 0.84); the check compares the anchors either side scores >= 0.05."""
+    from edge_lora.export.openvino_export import _score_cosine
+    from edge_lora.export.ort_qdq import cosine_similarity
+
+    rng = np.random.default_rng(0)
+    ref = rng.uniform(0, 0.04, (1, 3, 8400)).astype(np.float32)  # 640 px: 8400 anchors of background
+    ref[0, 1, :5] = [0.9, 0.8, 0.7, 0.6, 0.5]  # five objects
+    noise = rng.uniform(0.0, 3.0, ref.shape).astype(np.float32)
+    got = np.minimum(ref * noise, 0.049)  # background scores x0..x3, all below the floor
+    got[0, 1, :5] = ref[0, 1, :5] + 0.01  # detections barely move
+    assert cosine_similarity(ref, got) < 0.91 and _score_cosine(ref, got) > 0.999
+    broken = got.copy()
+    broken[0, 1, :5] = 0.0
+    broken[0, 2, 100:105] = 0.9  # the objects went elsewhere: gross breakage still fails
+    assert _score_cosine(ref, broken) < 0.5
+    assert _score_cosine(ref * 0, got * 0) == 1.0

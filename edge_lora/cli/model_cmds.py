@@ -171,6 +171,10 @@ def train_cmd(
 
 def _print_epoch(r: dict) -> None:
     """One line per epoch for logs and CI (on a terminal Ultralytics' progress bars already show it)."""
+    if r.get("final"):
+        console.print(f"best weights: val mAP50-95 {r['map50_95']:.4f} mAP50 {r['map50']:.4f}")
+        sys.stdout.flush()
+        return
     losses = " ".join(f"{k.replace('_loss', '')} {v:.3f}" for k, v in r["losses"].items())
     console.print(
         f"epoch {r['epoch']}/{r['epochs']}  loss {losses}  val mAP50-95 {r['map50_95']:.4f} "

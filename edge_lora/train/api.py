@@ -184,7 +184,7 @@ def train(options: TrainOptions, on_epoch: EpochCallback | None = None) -> Train
         overrides = {
             **options.ultralytics_overrides(),
             "model": str(base.source),
-            "project": str(tmp),
+            "project": str(Path(tmp).resolve()),  # Ultralytics puts a relative project under runs/<task>/
             "name": "training",
         }
         trainer = LoraDetectionTrainer(model, trainable, write, evaluate, overrides)
@@ -267,7 +267,7 @@ def _train_full(options: TrainOptions, data: Any, on_epoch: EpochCallback | None
             **options.ultralytics_overrides(),
             "model": str(base.source),
             "pretrained": not is_yaml,
-            "project": str(tmp),
+            "project": str(Path(tmp).resolve()),  # Ultralytics puts a relative project under runs/<task>/
             "name": "training",
         }
         trainer = DetectionTrainer(overrides=overrides)

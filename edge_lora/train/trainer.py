@@ -58,9 +58,12 @@ def epoch_record(trainer: DetectionTrainer) -> dict[str, Any]:
     else:  # older: a tensor in loss_names order
         losses = dict(zip(trainer.loss_names, torch.as_tensor(tloss).flatten().tolist(), strict=False))
     metrics = trainer.metrics or {}
+    epoch = trainer.epoch + 1
     return {
-        "epoch": trainer.epoch + 1,
+        "epoch": epoch,
         "epochs": trainer.epochs,
+        # Ultralytics runs on_fit_epoch_end once more after validating the best weights at the end.
+        "final": epoch > trainer.epochs,
         "losses": {k: round(float(v), 4) for k, v in losses.items()},
         "map50_95": float(metrics.get("metrics/mAP50-95(B)", float("nan"))),
         "map50": float(metrics.get("metrics/mAP50(B)", float("nan"))),
