@@ -22,7 +22,6 @@ def test_train_prints_one_line_per_epoch_without_a_terminal(tmp_path, base_ckpt,
     assert res.exit_code == 0, res.output
     lines = [ln for ln in res.output.splitlines() if ln.startswith("epoch ")]
     assert [ln.split()[1] for ln in lines] == ["1/2", "2/2"], res.output  # not "3/2" for the final check
-    assert any(ln.startswith("best weights: val mAP50-95 ") for ln in res.output.splitlines()), res.output
     # Ultralytics' run log lands inside the adapter package (a relative --out is not moved under runs/)
     assert (tmp_path / "a" / "training").is_dir()
     for ln in lines:
