@@ -116,6 +116,7 @@ def test_gate_failure_exits_1(tmp_path, merged_onnx, base_ckpt, trained_adapter,
     )
     assert result.exit_code == 1, result.output
     assert "FAIL" in result.output
+    assert "mAP50-95 COCO" in result.output and "mAP50-95 Ultralytics" in result.output  # both figures
     assert json.loads((tmp_path / "v.json").read_text())["passed"] is False
 
 
