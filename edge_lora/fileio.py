@@ -55,8 +55,9 @@ def no_space_error(error: OSError, path: str | Path, needed: int | None = None) 
     if free is not None:
         parts.append(f"{_mib(free)} free there")
     return NoSpaceError(
-        "; ".join(parts) + "; nothing half-written was kept: free some space and run the command again "
-        "(finished build stages are reused)"
+        # Said for every writer (train, build, run, calib), so nothing build-specific here; README says
+        # that a rerun of build reuses its finished stages.
+        "; ".join(parts) + "; nothing half-written was kept: free some space and run the command again"
     )
 
 
