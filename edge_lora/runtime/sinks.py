@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import IO, Any
 
-from edge_lora.fileio import is_no_space, no_space_error
+from edge_lora.fileio import is_no_space, no_space_error, writing
 
 
 class JsonlSink:
@@ -34,13 +34,9 @@ class JsonlSink:
         """Append ``record`` as one line, now (flushed: a log or a tailing consumer sees it at once)."""
         line = json.dumps(record, separators=(",", ":")) + "\n"
         if self._raw is None:
-            try:
+            with writing("<output stream>", needed=len(line)):
                 self._stream.write(line)
                 self._stream.flush()
-            except OSError as e:
-                if is_no_space(e):
-                    raise no_space_error(e, "<output stream>", len(line)) from e
-                raise
             return
         data = memoryview(line.encode("utf-8"))
         start = self._raw.seek(0, os.SEEK_END)
