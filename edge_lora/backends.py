@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ __all__ = [
     "ARTIFACT_SUFFIXES",
     "BackendSpec",
     "BundleLayout",
+    "check_registered",
     "for_artifact",
     "get",
     "load_attr",
@@ -93,6 +94,19 @@ class BackendSpec:
         folder_glob: a folder holding a match is its artifact (``"*.xml"``: an OpenVINO IR folder).
         folder_holds: how messages name such a folder's content (``"an OpenVINO IR"``).
         fp32_is_onnx: the FP32 ONNX every export starts from is itself its fp32 artifact (no exporter call).
+        families: device families whose hardware runs it (the profile's ``family`` must be one); empty: all.
+        settings: ``"module:Model"`` of the pydantic model of its profile section, the top-level key named
+            after the backend (``openvino:``); None: it has none. Only the active backend's section may
+            appear in a profile; left out, it is filled with the model's defaults.
+        profile_checks: ``"module:function"``, ``f(profile) -> [(dotted field, message)]``: the
+            backend's own cross-field checks of a validated profile (``tensorrt.dla_core`` on Jetson only).
+        qdq_int8: its int8 is the QDQ graph built from the profile's ``quantization`` section (which int8
+            then requires); False: the backend quantizes itself and the profile must not have that section.
+        why_not: precision -> why it does not build it, for the profile's error message (and
+            ``"quantization"`` -> why a profile of a backend without ``qdq_int8`` has no such section).
+        title: its name in messages (``"TensorRT"``); ``name`` when empty.
+        companions: suffixes of files beside the artifact that belong to it (an OpenVINO IR's ``.bin``):
+            its size counts them.
     """
 
     name: str
@@ -109,6 +123,35 @@ class BackendSpec:
     folder_glob: str | None = None
     folder_holds: str | None = None
     fp32_is_onnx: bool = False
+    families: tuple[str, ...] = ()
+    settings: str | None = None
+    profile_checks: str | None = None
+    qdq_int8: bool = True
+    why_not: Mapping[str, str] = field(default_factory=dict)
+    companions: tuple[str, ...] = ()
+    title: str = ""
+
+    def runs_on(self, family: str) -> bool:
+        """Whether a device of ``family`` can run it."""
+        return not self.families or family in self.families
+
+    def artifact_bytes(self, path: Path) -> int:
+        """Size on disk of the artifact at ``path`` with its companion files."""
+        path = Path(path)
+        return path.stat().st_size + sum(path.with_suffix(s).stat().st_size for s in self.companions)
+
+    def settings_model(self) -> type | None:
+        """The pydantic model of its profile section (imported now), or None when it has none."""
+        return load_attr(self.settings) if self.settings else None
+
+    def check_profile(self, profile: Any) -> list[tuple[str, str]]:
+        """Its own cross-field problems of ``profile`` as ``(dotted field, message)``; none when it has none."""
+        return list(load_attr(self.profile_checks)(profile)) if self.profile_checks else []
+
+    @property
+    def display(self) -> str:
+        """Its name in messages."""
+        return self.title or self.name
 
     @property
     def shipped_suffixes(self) -> tuple[str, ...]:
@@ -140,8 +183,8 @@ def register(spec: BackendSpec, *, replace: bool = False) -> BackendSpec:
         shared = set(spec.suffixes) & set(other.suffixes)
         if other.name != spec.name and shared:
             raise ValueError(f"backend {spec.name!r}: {sorted(shared)} already load with {other.name!r}")
-    for ref in (spec.runner, spec.exporter):
-        if ":" not in ref:
+    for ref in (spec.runner, spec.exporter, spec.settings, spec.profile_checks):
+        if ref is not None and ":" not in ref:
             raise ValueError(f"backend {spec.name!r}: {ref!r} is not a 'module:attribute' reference")
     _REGISTRY[spec.name] = spec
     return spec
@@ -158,6 +201,15 @@ def get(name: str) -> BackendSpec:
         return _REGISTRY[name]
     except KeyError:
         raise InputError(f"unknown backend {name!r}; registered: {', '.join(_REGISTRY)}") from None
+
+
+def check_registered(name: str) -> str:
+    """``name`` when it is a registered backend; else a ValueError listing them (a schema's field validator)."""
+    if name not in _REGISTRY:
+        listed = [repr(n) for n in _REGISTRY]
+        either = " or ".join([", ".join(listed[:-1]), listed[-1]]) if len(listed) > 1 else "".join(listed)
+        raise ValueError(f"Input should be a registered backend, {either}, got {name!r}")
+    return name
 
 
 def names() -> tuple[str, ...]:
@@ -238,6 +290,7 @@ def _ov_settings(profile: Any, artifact: Path) -> dict[str, Any]:
 ONNXRUNTIME = register(
     BackendSpec(
         name="onnxruntime",
+        title="ONNX Runtime",
         runner="edge_lora.runtime.onnxrt:OnnxRuntimeRunner",
         exporter="edge_lora.export.api:export_onnxruntime",
         suffixes=(".onnx",),
@@ -248,12 +301,18 @@ ONNXRUNTIME = register(
         auto_precisions=lambda profile: ("int8", "fp32"),
         runner_settings=_ort_settings,
         fp32_is_onnx=True,
+        settings="edge_lora.profiles.sections:OnnxRuntimeSettings",
+        why_not={
+            "fp16": "ONNX Runtime's CPU kernels are fp32/int8, so an fp16 graph runs Cast-wrapped and slower "
+            "than fp32"
+        },
     )
 )
 
 OPENVINO = register(
     BackendSpec(
         name="openvino",
+        title="OpenVINO",
         runner="edge_lora.runtime.openvino_rt:OpenVinoRunner",
         exporter="edge_lora.export.api:export_openvino_ir",
         suffixes=(".xml",),
@@ -268,12 +327,22 @@ OPENVINO = register(
         runner_settings=_ov_settings,
         folder_glob="*.xml",
         folder_holds="an OpenVINO IR",
+        companions=(".bin",),
+        # OpenVINO has no NVIDIA GPU plugin.
+        families=("cpu", "intel", "rpi"),
+        settings="edge_lora.profiles.sections:OpenVinoSettings",
+        profile_checks="edge_lora.profiles.backend_checks:openvino_checks",
+        qdq_int8=False,
+        why_not={
+            "quantization": "OpenVINO int8 is done by NNCF; use openvino.nncf_preset and openvino.ignored_op_types"
+        },
     )
 )
 
 TENSORRT = register(
     BackendSpec(
         name="tensorrt",
+        title="TensorRT",
         runner="edge_lora.runtime.tensorrt_rt:TensorRtRunner",
         exporter="edge_lora.export.api:export_tensorrt_plan",
         suffixes=(".engine", ".plan"),
@@ -285,5 +354,8 @@ TENSORRT = register(
         device_outputs=("model/tensorrt/model.engine", "model/tensorrt/model.engine.json"),
         precisions=lambda profile: ("fp32", "fp16", "int8"),
         auto_precisions=lambda profile: ("int8", "fp16"),
+        families=("jetson", "gpu"),  # an NVIDIA GPU
+        settings="edge_lora.profiles.sections:TensorRTSettings",
+        profile_checks="edge_lora.profiles.backend_checks:tensorrt_checks",
     )
 )

@@ -79,7 +79,6 @@ DEFAULT_CONF = 0.25
 #: Backend -> suffixes its artifact's path may have, read from the backend registry (a TensorRT bundle ships
 #: the ONNX the device builds its engine from, or an engine built elsewhere as it is).
 _ARTIFACT_SUFFIXES: Mapping[str, tuple[str, ...]] = backends.ARTIFACT_SUFFIXES
-_ENGINE_SUFFIXES = (".engine", ".plan")
 
 
 class BundleError(InputError):
@@ -214,7 +213,7 @@ class Artifact(_Strict):
     path: Annotated[str, Field(description="Relative POSIX path of the file the runner loads.")]
     sha256: Sha256
     bytes: int = Field(ge=1, description="File size.")
-    backend: Literal["onnxruntime", "openvino", "tensorrt"]
+    backend: str = Field(description="A registered backend (edge_lora.backends): its runner loads path.")
     precision: Literal["fp32", "fp16", "bf16", "int8"]
     role: Literal["primary", "fallback", "reference"] = Field(
         description="'primary' runs on the line; 'fallback' is a more precise build to switch to; "
@@ -235,6 +234,11 @@ class Artifact(_Strict):
     def _path(cls, value: str) -> str:
         return _rel_path(value)
 
+    @field_validator("backend")
+    @classmethod
+    def _registered(cls, value: str) -> str:
+        return backends.check_registered(value)
+
     @field_validator("device_outputs")
     @classmethod
     def _outputs(cls, value: list[str]) -> list[str]:
@@ -247,25 +251,25 @@ class Artifact(_Strict):
     @model_validator(mode="after")
     def _backend_fits(self) -> Artifact:
         suffix = PurePosixPath(self.path).suffix.lower()
+        spec = backends.get(self.backend)
         allowed = _ARTIFACT_SUFFIXES[self.backend]
         problems = []
         if suffix not in allowed:
             problems.append(
                 ("path", f"a {self.backend} artifact is a {' or '.join(allowed)} file, got {suffix!r}")
             )
-        elif (
-            self.backend == "tensorrt"
-            and suffix == ".onnx"
-            and (
-                not self.device_outputs
-                or PurePosixPath(self.device_outputs[0]).suffix not in _ENGINE_SUFFIXES
-            )
+        elif suffix not in spec.suffixes and (
+            # Shipped as what the device builds its runner's file from (TensorRT: the ONNX of its engine).
+            not self.device_outputs
+            or PurePosixPath(self.device_outputs[0]).suffix.lower() not in spec.suffixes
         ):
+            example = f" (e.g. {spec.device_outputs[0]})" if spec.device_outputs else ""
             problems.append(
                 (
                     "device_outputs",
-                    "a TensorRT artifact shipped as ONNX needs the engine built on the device as its "
-                    "first device output (e.g. model/tensorrt/model.engine)",
+                    f"a {spec.display} artifact shipped as {suffix[1:].upper()} needs the "
+                    f"{' or '.join(spec.suffixes)} built from it on the device as its first device output"
+                    f"{example}",
                 )
             )
         _raise_if(problems)

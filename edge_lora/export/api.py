@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 class Artifact:
     """One exported artifact."""
 
-    backend: str  # onnxruntime | openvino | tensorrt
+    backend: str  # a registered backend (edge_lora.backends)
     precision: str  # fp32 | fp16 | bf16 | int8
     path: Path  # file the runner loads (.onnx, model.xml, or the TensorRT plan dir's model.onnx)
     seconds: float
@@ -38,11 +38,8 @@ class Artifact:
 
     @property
     def bytes(self) -> int:
-        """Size on disk (an OpenVINO IR counts its .bin too)."""
-        size = self.path.stat().st_size
-        if self.path.suffix == ".xml":
-            size += self.path.with_suffix(".bin").stat().st_size
-        return size
+        """Size on disk with the files its backend says belong to it (an OpenVINO IR counts its .bin)."""
+        return backends.get(self.backend).artifact_bytes(self.path)
 
     def to_dict(self, relative_to: Path | None = None) -> dict[str, Any]:
         """JSON-able form; with ``relative_to``, paths inside that folder are written relative to it (the

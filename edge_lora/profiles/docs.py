@@ -11,6 +11,7 @@ from typing import Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel
+from pydantic.fields import FieldInfo
 
 from edge_lora.errors import ProfileError
 from edge_lora.profiles.loader import list_profiles, load_profile
@@ -70,6 +71,17 @@ def _type_str(annotation: Any) -> str:
     return getattr(annotation, "__name__", str(annotation))
 
 
+def _field_type_str(field: FieldInfo) -> str:
+    # A field whose values are listed when the schema is made (``backend``: the registered backends) reads
+    # like a Literal of them.
+    extra: dict[str, Any] = {}
+    if callable(field.json_schema_extra):
+        field.json_schema_extra(extra)  # type: ignore[call-arg]
+    if "enum" in extra:
+        return " | ".join(repr(v) for v in extra["enum"])
+    return _type_str(field.annotation)
+
+
 def schema_fields(
     model: type[BaseModel] = TargetProfile, prefix: str = ""
 ) -> list[tuple[str, str, str, str]]:
@@ -82,7 +94,7 @@ def schema_fields(
         else:
             value = field.get_default(call_default_factory=True)
             default = "defaults" if isinstance(value, BaseModel) else json.dumps(value)
-        rows.append((path, _type_str(field.annotation), default, field.description or ""))
+        rows.append((path, _field_type_str(field), default, field.description or ""))
         sub = model_in(field.annotation)
         if sub is not None:
             rows.extend(schema_fields(sub, prefix=f"{path}."))

@@ -13,7 +13,18 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    ModelWrapValidatorHandler,
+    PrivateAttr,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from edge_lora import backends
 from edge_lora.errors import ProfileError
@@ -28,19 +39,19 @@ from edge_lora.profiles.sections import (
     TensorRTSettings,
     _Strict,
 )
-from edge_lora.schema_errors import field_names_at, flatten, raise_if, summary, unknown_key
+from edge_lora.schema_errors import dotted, field_names_at, flatten, raise_if, summary, unknown_key
 
 __all__ = ["BACKENDS", "FAMILIES", "FAMILY_DEFAULTS", "SCHEMA_VERSION", "CalibRecipe", "TargetProfile"]
 
 SCHEMA_VERSION = 1
 
 Family = Literal["cpu", "intel", "jetson", "gpu", "rpi"]
-Backend = Literal["onnxruntime", "openvino", "tensorrt"]
 Precision = Literal["fp32", "fp16", "bf16", "int8", "auto"]
 ConcretePrecision = Literal["fp32", "fp16", "bf16", "int8"]
 
 FAMILIES: tuple[str, ...] = get_args(Family)
-BACKENDS: tuple[str, ...] = get_args(Backend)
+#: The shipped backends. A profile's ``backend`` may name any registered one (:func:`edge_lora.backends.names`).
+BACKENDS: tuple[str, ...] = ("onnxruntime", "openvino", "tensorrt")
 
 #: What a bare family name (``--target jetson``) means when the device cannot be detected.
 FAMILY_DEFAULTS: dict[str, str] = {
@@ -55,24 +66,22 @@ FAMILY_DEFAULTS: dict[str, str] = {
 # gate fails, and a less precise attempt can only be less accurate.
 _PRECISION_RANK: dict[str, int] = {"int8": 0, "fp16": 1, "bf16": 1, "fp32": 2}
 
-# Backends a family's hardware can run. TensorRT needs an NVIDIA GPU; OpenVINO has no NVIDIA GPU plugin.
-_FAMILY_BACKENDS: dict[str, tuple[str, ...]] = {
-    "cpu": ("onnxruntime", "openvino"),
-    "intel": ("onnxruntime", "openvino"),
-    "rpi": ("onnxruntime", "openvino"),
-    "jetson": ("tensorrt", "onnxruntime"),
-    "gpu": ("tensorrt", "onnxruntime"),
-}
-
-
-# Why a backend does not offer a precision (see TargetProfile.buildable_precisions).
-_WHY_NOT = {
-    "fp16": "ONNX Runtime's CPU kernels are fp32/int8, so an fp16 graph runs Cast-wrapped and slower than fp32",
-    "bf16": "bf16 is an OpenVINO CPU precision (AVX512-BF16/AMX)",
-}  # fp32 and int8 are built for every backend
+# Why a backend does not offer a precision (see TargetProfile.buildable_precisions), unless its spec's
+# why_not says; the backends a family runs are the registry's (BackendSpec.families).
+_WHY_NOT = {"bf16": "bf16 is an OpenVINO CPU precision (AVX512-BF16/AMX)"}
 
 _NAME_RE = r"^[a-z0-9][a-z0-9._-]*$"
 _DEFAULT_NMS_IOU = 0.7
+
+
+def _declared_sections() -> list[str]:
+    """Registered backends whose settings section is a field of :class:`TargetProfile` (the shipped three)."""
+    return [s.name for s in backends.specs() if s.settings and s.name in TargetProfile.model_fields]
+
+
+def _extra_sections() -> list[str]:
+    """Registered backends whose settings section is not a field (kept beside the fields once validated)."""
+    return [s.name for s in backends.specs() if s.settings and s.name not in TargetProfile.model_fields]
 
 
 class _Document(_Strict):
@@ -118,8 +127,9 @@ class TargetProfile(_Document):
         description="Device family: cpu (any x86/ARM CPU), intel (Intel CPU/iGPU), jetson (NVIDIA Jetson), "
         "gpu (desktop/server NVIDIA GPU), rpi (Raspberry Pi). Also usable as --target alias."
     )
-    backend: Backend = Field(
-        description="Runtime the model is exported for: onnxruntime, openvino or tensorrt."
+    backend: str = Field(
+        description="Runtime the model is exported for: onnxruntime, openvino or tensorrt.",
+        json_schema_extra=lambda schema: schema.update(enum=list(backends.names())),
     )
     precision: Precision = Field(
         description="Precision to build first: fp32, fp16, int8, bf16 (OpenVINO CPU only: the FP32 IR computed "
@@ -188,6 +198,8 @@ class TargetProfile(_Document):
     # moving a file must not change its sha256.
     _source: str | None = PrivateAttr(default=None)
     _calib_base: Path | None = PrivateAttr(default=None)
+    # Sections of registered backends that are not fields above (see _registered_sections).
+    _sections: dict[str, BaseModel] = PrivateAttr(default_factory=dict)
 
     @field_validator("name")
     @classmethod
@@ -205,6 +217,11 @@ class TargetProfile(_Document):
             )
         return value
 
+    @field_validator("backend")
+    @classmethod
+    def _registered(cls, value: str) -> str:
+        return backends.check_registered(value)
+
     @model_validator(mode="before")
     @classmethod
     def _fill_defaults(cls, data: Any) -> Any:
@@ -212,7 +229,7 @@ class TargetProfile(_Document):
             data = dict(data)
             backend = data.get("backend")
             # The active backend's section may be omitted (all defaults); the other sections may not appear.
-            if isinstance(backend, str) and backend in BACKENDS and data.get(backend) is None:
+            if isinstance(backend, str) and backend in _declared_sections() and data.get(backend) is None:
                 data[backend] = {}
             if data.get("output") == "raw" and data.get("nms_iou") is None:
                 data["nms_iou"] = _DEFAULT_NMS_IOU
@@ -225,14 +242,15 @@ class TargetProfile(_Document):
         def add(path: str, msg: str) -> None:
             problems.append((path, msg))
 
-        for other in BACKENDS:
+        spec = backends.get(self.backend)
+        for other in _declared_sections():
             if other != self.backend and getattr(self, other) is not None:
                 add(
                     other,
                     f"{other} settings, but backend is {self.backend}; remove them or set backend: {other}",
                 )
-        if self.backend not in _FAMILY_BACKENDS[self.family]:
-            allowed = " or ".join(_FAMILY_BACKENDS[self.family])
+        if not spec.runs_on(self.family):
+            allowed = " or ".join(s.name for s in backends.specs() if s.runs_on(self.family))
             add("backend", f"{self.backend} cannot run on family {self.family}; use {allowed}")
 
         # Fallback ladder.
@@ -252,21 +270,17 @@ class TargetProfile(_Document):
 
         # Precisions this backend/device cannot build (export() refuses the same, from the same method).
         buildable = self.buildable_precisions()
+        device = getattr(getattr(self, self.backend, None), "device", None)  # OpenVINO's CPU/GPU/NPU
         for precision in dict.fromkeys(chain):
             if precision not in buildable:
+                why = spec.why_not.get(precision) or _WHY_NOT.get(
+                    precision, f"{self.backend} does not build it"
+                )
                 add(
                     "precision" if self.precision == precision else "fallbacks",
-                    f"{precision} is not built for {self.backend}"
-                    f"{' on ' + self.openvino.device if self.openvino else ''}: {_WHY_NOT[precision]}; "
+                    f"{precision} is not built for {self.backend}{' on ' + device if device else ''}: {why}; "
                     f"use {' or '.join(sorted(buildable))}",
                 )
-        ov = self.openvino
-        if ov is not None and "fp32" in chain and ov.inference_precision_hint != "f32":
-            add(
-                "openvino.inference_precision_hint",
-                f"{ov.inference_precision_hint} would run the fp32 attempt in reduced precision; "
-                "use f32 or drop fp32 from precision/fallbacks",
-            )
 
         # INT8 needs images and a quantization recipe; without int8 those settings would be dead weight that
         # a reader mistakes for active configuration.
@@ -275,46 +289,15 @@ class TargetProfile(_Document):
             add("calibration", "required because int8 can be built; name a recipe such as 'default'")
         if not int8 and self.calibration is not None:
             add("calibration", unused)
-        if self.backend == "openvino":
+        if not spec.qdq_int8:  # the backend quantizes itself (OpenVINO: NNCF)
             if self.quantization is not None:
-                add(
-                    "quantization",
-                    "OpenVINO int8 is done by NNCF; use openvino.nncf_preset and openvino.ignored_op_types",
-                )
-            if ov is not None and ov.accuracy_aware and not int8:
-                add("openvino.accuracy_aware", "only applies when int8 can be built")
+                why = spec.why_not.get("quantization", f"{self.backend} int8 does not use it; remove it")
+                add("quantization", why)
         elif int8 and self.quantization is None:
             add("quantization", "required because int8 can be built; give at least quantization.scheme")
         elif not int8 and self.quantization is not None:
             add("quantization", unused)
-
-        if self.quantization is not None and self.backend == "tensorrt":
-            if self.quantization.scheme != "s8s8":
-                add(
-                    "quantization.scheme",
-                    "tensorrt needs s8s8: TensorRT explicit quantization only accepts symmetric int8",
-                )
-            if self.quantization.reduce_range:
-                add("quantization.reduce_range", "onnxruntime only; TensorRT uses the full int8 range")
-
-        trt = self.tensorrt
-        if trt is not None:
-            if trt.dla_core is not None:
-                have = self.hardware.dla_cores
-                if self.family != "jetson":
-                    add("tensorrt.dla_core", f"DLA exists only on Jetson modules, not family {self.family}")
-                elif trt.dla_core >= have:
-                    none = " (this module has no DLA)" if have == 0 else ""
-                    add(
-                        "tensorrt.dla_core",
-                        f"core {trt.dla_core} does not exist: hardware.dla_cores is {have}{none}",
-                    )
-                if "fp32" in chain:
-                    add("tensorrt.dla_core", "DLA runs fp16/int8 only; drop fp32 from precision/fallbacks")
-            if self.family == "jetson" and trt.jetpack is None:
-                add("tensorrt.jetpack", 'required on Jetson profiles, e.g. "6.2"')
-            if self.family != "jetson" and trt.jetpack is not None:
-                add("tensorrt.jetpack", f"only for Jetson profiles, not family {self.family}")
+        problems += spec.check_profile(self)
 
         if self.output == "end2end" and self.nms_iou is not None:
             add("nms_iou", "only used with output raw; end2end models do no NMS")
@@ -325,6 +308,49 @@ class TargetProfile(_Document):
             )
         raise_if(problems)
         return self
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _registered_sections(
+        cls, data: Any, handler: ModelWrapValidatorHandler[TargetProfile]
+    ) -> TargetProfile:
+        """The settings section of a registered backend that is not a field here (``toy:``), validated with
+        the model its spec names and kept beside the fields (dumped with them, see :meth:`_dump`)."""
+        if not isinstance(data, dict):
+            return handler(data)
+        data = dict(data)
+        extra = {name: data.pop(name) for name in _extra_sections() if name in data}
+        backend = data.get("backend")
+        if isinstance(backend, str) and backend in _extra_sections() and extra.get(backend) is None:
+            extra[backend] = {}
+        profile = handler(data)
+        problems: list[tuple[str, str]] = []
+        sections: dict[str, BaseModel] = {}
+        for name, value in extra.items():
+            if value is None:
+                continue
+            if name != profile.backend:
+                msg = f"{name} settings, but backend is {profile.backend}; remove them or set backend: {name}"
+                problems.append((name, msg))
+                continue
+            model = backends.get(name).settings_model()
+            try:
+                sections[name] = model.model_validate(value)
+            except ValidationError as exc:
+                problems += [
+                    (dotted((name, *loc)), msg)
+                    for loc, msg in flatten(exc, lambda e, m=model: _describe(e, m))
+                ]
+        raise_if(problems)
+        profile._sections = sections
+        return profile
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> dict[str, Any]:
+        data = handler(self)
+        for name, section in self._sections.items():
+            data[name] = section.model_dump(mode=info.mode)
+        return data
 
     # ---- derived views -------------------------------------------------------------------------------
 
@@ -345,11 +371,17 @@ class TargetProfile(_Document):
         return list(backends.get(self.backend).auto_precisions(self))  # type: ignore[arg-type]
 
     @property
-    def backend_settings(self) -> OnnxRuntimeSettings | OpenVinoSettings | TensorRTSettings:
-        """The settings section of this profile's backend (always present after validation)."""
-        settings = getattr(self, self.backend)
-        assert settings is not None  # filled by _fill_defaults
-        return settings
+    def backend_settings(self) -> Any:
+        """The settings section of this profile's backend (an :class:`OnnxRuntimeSettings`,
+        :class:`OpenVinoSettings`, :class:`TensorRTSettings` or the model a registered backend names); None
+        only for a backend without a section."""
+        return self.settings_for(self.backend)
+
+    def settings_for(self, backend: str) -> Any:
+        """The settings section of ``backend`` in this profile, or None (only the active one is set)."""
+        if backend in _declared_sections():
+            return getattr(self, backend)
+        return self._sections.get(backend)
 
     @property
     def source(self) -> str | None:
@@ -485,7 +517,7 @@ def _describe(err: Mapping[str, Any], root: type[BaseModel]) -> str:
             return "extends only works in a profile file (it is resolved when the file is loaded)"
         allowed = field_names_at(root, loc)
         if root is TargetProfile and len(loc) == 1:
-            allowed.append("extends")
+            allowed = sorted([*allowed, "extends", *_extra_sections()])
         return unknown_key(loc[-1], allowed)
     if kind == "missing":
         return "required but missing"
