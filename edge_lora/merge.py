@@ -7,7 +7,7 @@ unmerged model, merge into a copy (NaN-checked), compare both on real images, an
 from __future__ import annotations
 
 from copy import deepcopy
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,30 +19,10 @@ from edge_lora.errors import AdapterError, InputError, MergeParityError
 from edge_lora.fileio import atomic_write_json, check_output, sha256_file
 from edge_lora.models import load_detection_model, save_checkpoint, structural_fingerprint, versions
 from edge_lora.train.adapter_io import AdapterPackage, build_adapted_model, read_adapter
+from edge_lora.validate.parity import ParityResult, tensor_parity
 
 DEFAULT_TOLERANCE = 1e-4  # max relative difference of raw head outputs, FP32
 _IMAGE_SUFFIXES = {".bmp", ".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp"}
-
-
-@dataclass
-class ParityReport:
-    """How closely the merged model reproduces the unmerged one on the checked images."""
-
-    images: int
-    max_abs: float
-    max_rel: float
-    tolerance: float
-    detections_identical: bool
-    detections_compared: int
-    per_output: dict[str, dict[str, float]] = field(default_factory=dict)
-
-    @property
-    def passed(self) -> bool:
-        """True when the relative difference is within tolerance."""
-        return self.max_rel <= self.tolerance
-
-    def __bool__(self) -> bool:
-        return self.passed
 
 
 @dataclass
@@ -50,7 +30,7 @@ class MergeReport:
     """The outcome of ``merge``."""
 
     out: Path
-    parity: ParityReport
+    parity: ParityResult
     merged_layers: int
     forced: bool
     warnings: list[str]
@@ -60,7 +40,7 @@ class MergeReport:
         """JSON-able form."""
         d = asdict(self)
         d["out"] = str(self.out)
-        d["parity"]["passed"] = self.parity.passed
+        d["parity"] = self.parity.to_dict()
         return d
 
 
@@ -130,6 +110,11 @@ def _flat_outputs(out: Any, prefix: str = "") -> dict[str, torch.Tensor]:
     return flat
 
 
+def _worst(values: list[float]) -> float:
+    """The largest value, NaN winning (``max`` would drop a NaN that is not first), 0.0 for none."""
+    return next((v for v in values if v != v), max(values, default=0.0))
+
+
 def compare_models(
     reference: nn.Module,
     candidate: nn.Module,
@@ -138,8 +123,13 @@ def compare_models(
     tolerance: float = DEFAULT_TOLERANCE,
     batch_size: int = 4,
     conf: float = 0.25,
-) -> ParityReport:
-    """Run both models on the same images; compare every raw output tensor and the final detections."""
+) -> ParityResult:
+    """Run both models on the same images; compare every raw output tensor and the final detections.
+
+    Each output tensor is compared with :func:`edge_lora.validate.parity.tensor_parity` (``max_rel`` is
+    relative to the tensor's largest reference value), worst over batches; the result's ``max_abs`` /
+    ``max_rel`` are the worst over outputs, judged against ``tolerance``.
+    """
     from ultralytics.utils.nms import non_max_suppression
 
     per: dict[str, dict[str, float]] = {}
@@ -151,12 +141,11 @@ def compare_models(
             ref_out, cand_out = reference(x), candidate(x)
             ref_flat, cand_flat = _flat_outputs(ref_out), _flat_outputs(cand_out)
             for name, r in ref_flat.items():
-                c = cand_flat[name]
-                diff = (r.double() - c.double()).abs().max().item()
-                scale = max(r.double().abs().max().item(), 1e-12)
+                # The project's one parity implementation works on numpy (it is device-side code).
+                res = tensor_parity(r.cpu().numpy(), cand_flat[name].cpu().numpy())
                 entry = per.setdefault(name, {"max_abs": 0.0, "max_rel": 0.0})
-                entry["max_abs"] = max(entry["max_abs"], diff)
-                entry["max_rel"] = max(entry["max_rel"], diff / scale)
+                for key in ("max_abs", "max_rel"):
+                    entry[key] = _worst([entry[key], getattr(res, key)])
             ref_det = non_max_suppression(ref_out[0], conf, 0.7, end2end=end2end)
             cand_det = non_max_suppression(cand_out[0], conf, 0.7, end2end=end2end)
             for r, c in zip(ref_det, cand_det, strict=True):
@@ -170,10 +159,10 @@ def compare_models(
                     )
                 )
                 identical &= bool(same)
-    return ParityReport(
+    return ParityResult(
         images=len(images),
-        max_abs=max((v["max_abs"] for v in per.values()), default=0.0),
-        max_rel=max((v["max_rel"] for v in per.values()), default=0.0),
+        max_abs=_worst([v["max_abs"] for v in per.values()]),
+        max_rel=_worst([v["max_rel"] for v in per.values()]),
         tolerance=tolerance,
         detections_identical=identical,
         detections_compared=compared,
@@ -237,7 +226,7 @@ def merge(
         },
         "names": package.meta["names"],
         "imgsz": imgsz,
-        "parity": asdict(parity),
+        "parity": parity.to_dict(),
         "forced": force,
         "versions": versions(),
     }

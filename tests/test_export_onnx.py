@@ -21,10 +21,11 @@ from edge_lora.errors import InputError, ModelError, OutputExistsError, ProfileE
 from edge_lora.export.artifact import read_sidecar, sidecar_path, verify_sidecar, write_sidecar
 from edge_lora.export.calibration import StaleCalibrationError, assert_fresh, select_calibration
 from edge_lora.export.onnx_export import export_onnx, no_runtime_installs, run_onnx
-from edge_lora.export.ort_qdq import cosine_similarity, quantize_qdq
+from edge_lora.export.ort_qdq import quantize_qdq
 from edge_lora.export.policy import QuantPolicy, find_detect_head, nodes_to_keep_float, plan
 from edge_lora.profiles import CalibRecipe, load_profile
 from edge_lora.runtime.prepost import preprocess
+from edge_lora.validate.parity import cosine_similarity
 
 pytestmark = pytest.mark.slow  # end to end: trains, exports or builds tiny models
 
@@ -170,7 +171,7 @@ def test_yolo11_raw_export_matches_pytorch(onnx11, ckpt11, val_images):
 
 def test_end2end_parity_matches_near_duplicate_rows_one_to_one():
     """TopK may order near-tied rows differently; the match is an optimal assignment, not greedy."""
-    from edge_lora.export.onnx_export import compare_outputs
+    from edge_lora.validate.parity import detection_parity
 
     box = np.array([10.0, 10.0, 100.0, 100.0])
 
@@ -182,18 +183,18 @@ def test_end2end_parity_matches_near_duplicate_rows_one_to_one():
     # X fits both reference rows and is closest to the first; Y fits only the first. A greedy match gives
     # X the first row and leaves Y unmatched; X -> second, Y -> first matches every row.
     got = np.array([[row(0.0, 0.9), row(-0.06, 0.9), low]], dtype=np.float32)
-    result = compare_outputs(ref, got, end2end=True, tolerance=1e-3)
+    result = detection_parity(ref, got, end2end=True, tolerance=1e-3)
     assert result.matching == "tie-aware" and result.unmatched == 0 and result.passed, result
     # a row with no counterpart at all is still reported
     got[0, 1, :4] += 5.0
-    broken = compare_outputs(ref, got, end2end=True, tolerance=1e-3)
+    broken = detection_parity(ref, got, end2end=True, tolerance=1e-3)
     assert broken.unmatched == 1 and not broken.passed
 
 
 def test_end2end_parity_accepts_near_tied_scores_of_a_weak_model():
     """An early-training model scores every anchor about the same (issue: 1e-7 agreement reported as 80
     unmatched rows): TopK picks among near-equal scores arbitrarily, which is not a model difference."""
-    from edge_lora.export.onnx_export import compare_outputs
+    from edge_lora.validate.parity import detection_parity
 
     rng = np.random.default_rng(0)
     anchors = rng.uniform(0, 60, (400, 4)).astype(np.float32)
@@ -208,11 +209,11 @@ def test_end2end_parity_accepts_near_tied_scores_of_a_weak_model():
 
     ref = rows(ref_idx, 0.0)[None].astype(np.float32)
     got = rows(got_idx, 5e-8)[None].astype(np.float32)
-    result = compare_outputs(ref, got, end2end=True, tolerance=1e-3)
+    result = detection_parity(ref, got, end2end=True, tolerance=1e-3)
     assert result.passed and result.unmatched == 0, result
     # A detection scoring clearly above the ties that the reference lacks is a real difference.
     got[0, 0, 4] = 0.05
-    assert not compare_outputs(ref, got, end2end=True, tolerance=1e-3).passed
+    assert not detection_parity(ref, got, end2end=True, tolerance=1e-3).passed
 
 
 def test_weak_model_exports(tmp_path, base_ckpt, val_images):

@@ -18,7 +18,7 @@ from conftest import lively_checkpoint
 
 from edge_lora.errors import InputError, OutputExistsError
 from edge_lora.export.calibration import select_calibration
-from edge_lora.export.onnx_export import compare_outputs, export_onnx, run_onnx
+from edge_lora.export.onnx_export import export_onnx, run_onnx
 from edge_lora.export.openvino_export import (
     AccuracyControl,
     IgnoredOps,
@@ -29,6 +29,7 @@ from edge_lora.export.openvino_export import (
 from edge_lora.profiles import CalibRecipe, OpenVinoSettings, load_profile
 from edge_lora.runtime.openvino_rt import OpenVinoRunner
 from edge_lora.runtime.prepost import preprocess
+from edge_lora.validate.parity import detection_parity
 
 pytestmark = pytest.mark.slow  # end to end: trains, exports or builds tiny models
 
@@ -111,7 +112,7 @@ def test_fp32_ir_matches_onnxruntime(exports, fp32_onnx, images):
     # Independently of the exporter's own check: every val image, through the runtime's OpenVINO runner.
     for batch in _feeds(images["val"]):
         ref, _ = run_onnx(fp32_onnx, batch)
-        parity = compare_outputs(ref, _run(result.xml, batch), end2end=True, tolerance=1e-3)
+        parity = detection_parity(ref, _run(result.xml, batch), end2end=True, tolerance=1e-3)
         assert parity.passed, parity
 
 
@@ -340,8 +341,7 @@ def test_accuracy_aware_images_come_from_train_by_default(demo_data):
 def test_int8_score_check_looks_at_anchors_that_could_detect():
     """Background anchors near 1e-3 carry INT8 noise that says nothing about detections (it pulled a good
     demo IR's plain score cosine to 0.84); the check compares the anchors either side scores >= 0.05."""
-    from edge_lora.export.openvino_export import _score_cosine
-    from edge_lora.export.ort_qdq import cosine_similarity
+    from edge_lora.validate.parity import cosine_similarity, score_cosine
 
     rng = np.random.default_rng(0)
     ref = rng.uniform(0, 0.04, (1, 3, 8400)).astype(np.float32)  # 640 px: 8400 anchors of background
@@ -349,9 +349,9 @@ def test_int8_score_check_looks_at_anchors_that_could_detect():
     noise = rng.uniform(0.0, 3.0, ref.shape).astype(np.float32)
     got = np.minimum(ref * noise, 0.049)  # background scores x0..x3, all below the floor
     got[0, 1, :5] = ref[0, 1, :5] + 0.01  # detections barely move
-    assert cosine_similarity(ref, got) < 0.91 and _score_cosine(ref, got) > 0.999
+    assert cosine_similarity(ref, got) < 0.91 and score_cosine(ref, got) > 0.999
     broken = got.copy()
     broken[0, 1, :5] = 0.0
     broken[0, 2, 100:105] = 0.9  # the objects went elsewhere: gross breakage still fails
-    assert _score_cosine(ref, broken) < 0.5
-    assert _score_cosine(ref * 0, got * 0) == 1.0
+    assert score_cosine(ref, broken) < 0.5
+    assert score_cosine(ref * 0, got * 0) == 1.0

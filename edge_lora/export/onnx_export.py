@@ -51,6 +51,7 @@ import numpy as np
 from edge_lora.errors import DataError, EdgeLoraError, InputError, ModelError, ToolError
 from edge_lora.export.artifact import sidecar_path
 from edge_lora.fileio import check_output, sha256_file
+from edge_lora.validate.parity import ParityResult, detection_parity
 
 if TYPE_CHECKING:
     from edge_lora.profiles import TargetProfile
@@ -59,8 +60,6 @@ __all__ = [
     "FP16_TOLERANCE",
     "FP32_TOLERANCE",
     "OnnxExport",
-    "ParityResult",
-    "compare_outputs",
     "decoded_tensor_name",
     "export_onnx",
     "no_runtime_installs",
@@ -78,45 +77,6 @@ _PATCH_LOCK = threading.Lock()
 # --------------------------------------------------------------------------------------------------------
 # Results
 # --------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ParityResult:
-    """A candidate graph's output vs a reference on the same preprocessed input.
-
-    Attributes:
-        max_abs: largest absolute difference over compared values.
-        max_rel: largest difference relative to the output scale (what ``tolerance`` limits): boxes relative
-            to the largest reference box coordinate, scores (0..1) absolute.
-        tolerance: the limit on ``max_rel``.
-        end2end: the final output is ``(N, K, 6)`` detections (True) or raw ``(N, 4 + nc, anchors)`` (False).
-        decoded_max_rel: for end-to-end graphs, ``max_rel`` of the decoded ``(N, 4 + nc, anchors)``
-            predictions *before* TopK (compared position by position, so it is exact where scores tie).
-        matching: how final end-to-end rows were compared: ``"position"`` (row by row), or ``"tie-aware"``
-            (rows re-matched by class, score and box, because TopK orders tied scores arbitrarily; rows at the
-            top-K cut-off score may differ and are skipped).
-        unmatched: end-to-end rows above the cut-off without a counterpart (0 when passed).
-        images: how many images were compared.
-    """
-
-    max_abs: float
-    max_rel: float
-    tolerance: float
-    end2end: bool
-    decoded_max_rel: float | None = None
-    matching: str = "position"
-    unmatched: int = 0
-    images: int = 1
-
-    @property
-    def passed(self) -> bool:
-        return self.unmatched == 0 and self.max_rel <= self.tolerance
-
-    def __bool__(self) -> bool:
-        return self.passed
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "passed": self.passed}
 
 
 @dataclass(frozen=True)
@@ -246,73 +206,8 @@ class _UltralyticsWarnings(logging.Handler):
 
 
 # --------------------------------------------------------------------------------------------------------
-# Output comparison
+# Graph facts
 # --------------------------------------------------------------------------------------------------------
-
-
-def compare_outputs(
-    reference: np.ndarray, candidate: np.ndarray, *, end2end: bool, tolerance: float = FP32_TOLERANCE
-) -> ParityResult:
-    """Compare one detector output tensor with a reference, relative to the output's scale.
-
-    Raw ``(N, 4 + nc, A)``: position by position. End-to-end ``(N, K, 6)``: row by row first; if that fails,
-    rows scoring above the top-K cut-off (the lowest score, plus tolerance) must each find a reference row of
-    the same class with score and box within tolerance, and the sorted score columns must agree (TopK orders
-    near-equal scores differently across runtimes, and picks arbitrarily among scores tied at the cut-off).
-    """
-    ref = np.asarray(reference, dtype=np.float32)
-    got = np.asarray(candidate, dtype=np.float32)
-    images = int(ref.shape[0]) if ref.ndim else 1
-    if ref.shape != got.shape or ref.ndim != 3:
-        return ParityResult(float("inf"), float("inf"), tolerance, end2end, None, "shape", 1, images)
-    if not np.isfinite(got).all():
-        return ParityResult(float("inf"), float("inf"), tolerance, end2end, None, "position", 0, images)
-    if not end2end:
-        box_scale = max(1.0, float(np.abs(ref[:, :4]).max(initial=0.0)))
-        d_box = float(np.abs(ref[:, :4] - got[:, :4]).max(initial=0.0))
-        d_cls = float(np.abs(ref[:, 4:] - got[:, 4:]).max(initial=0.0))
-        return ParityResult(max(d_box, d_cls), max(d_box / box_scale, d_cls), tolerance, False, images=images)
-
-    box_scale = max(1.0, float(np.abs(ref[..., :4]).max(initial=0.0)))
-
-    def row_diff(r: np.ndarray, g: np.ndarray) -> tuple[float, float]:
-        d_box = float(np.abs(r[..., :4] - g[..., :4]).max(initial=0.0))
-        d_score = float(np.abs(r[..., 4] - g[..., 4]).max(initial=0.0))
-        d_cls = float(np.abs(r[..., 5] - g[..., 5]).max(initial=0.0))
-        return max(d_box, d_score, d_cls), max(d_box / box_scale, d_score, np.inf if d_cls > 0 else 0.0)
-
-    max_abs, max_rel = row_diff(ref, got)
-    if max_rel <= tolerance:
-        return ParityResult(max_abs, max_rel, tolerance, True, images=images)
-
-    max_abs = max_rel = 0.0
-    unmatched = 0
-    for r, g in zip(ref, got, strict=True):
-        d_sorted = float(np.abs(np.sort(r[:, 4]) - np.sort(g[:, 4])).max(initial=0.0))
-        max_abs, max_rel = max(max_abs, d_sorted), max(max_rel, d_sorted)
-        # The top-K cut-off is the lowest *selected* score; a row scoring more than tolerance above it is
-        # selected by both runtimes whatever their tie-breaking, so only such rows must find a counterpart.
-        # (An early-training model scores every anchor about the same, say 0.0041 +- 1e-7: then no row is
-        # above the cut, and the sorted scores above plus the decoded tensor compared position by position
-        # carry the proof.)
-        cut = float(min(r[:, 4].min(initial=np.inf), g[:, 4].min(initial=np.inf))) + tolerance
-        rows = g[g[:, 4] > cut]
-        # Candidate row i may stand for reference row j when class, score and box agree within tolerance;
-        # an optimal one-to-one assignment (not greedy: near-duplicate boxes must not steal each other's
-        # counterpart) leaves unmatched only rows that have no counterpart at all.
-        d_box = np.abs(rows[:, None, :4] - r[None, :, :4]).max(axis=2) / box_scale
-        d_score = np.abs(rows[:, None, 4] - r[None, :, 4])
-        ok = (rows[:, None, 5] == r[None, :, 5]) & (d_score <= tolerance) & (d_box <= tolerance)
-        cost = np.where(ok, d_box + d_score, 1e9)
-        from scipy.optimize import linear_sum_assignment  # host side only (export checks)
-
-        gi, rj = linear_sum_assignment(cost) if rows.size else (np.empty(0, int), np.empty(0, int))
-        feasible = ok[gi, rj]
-        unmatched += len(rows) - int(feasible.sum())
-        for i, j in zip(gi[feasible], rj[feasible], strict=True):
-            a, rel = row_diff(r[j], rows[i])
-            max_abs, max_rel = max(max_abs, a), max(max_rel, rel)
-    return ParityResult(max_abs, max_rel, tolerance, True, None, "tie-aware", unmatched, images)
 
 
 def decoded_tensor_name(model) -> str | None:
@@ -730,9 +625,9 @@ def _parity(
     for feed in feeds:
         got, got_decoded = run_onnx(proto, feed, decoded=end2end)
         ref, ref_decoded = _reference_outputs(model, feed, end2end, max_det)
-        result = compare_outputs(ref, got, end2end=end2end, tolerance=tol)
+        result = detection_parity(ref, got, end2end=end2end, tolerance=tol)
         if end2end and got_decoded is not None:
-            dec = compare_outputs(ref_decoded, got_decoded, end2end=False, tolerance=tol)
+            dec = detection_parity(ref_decoded, got_decoded, end2end=False, tolerance=tol)
             result = dataclasses.replace(
                 result,
                 max_abs=max(result.max_abs, dec.max_abs),

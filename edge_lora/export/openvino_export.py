@@ -49,6 +49,7 @@ import yaml
 
 from edge_lora.errors import InputError, ModelError, ToolError
 from edge_lora.fileio import atomic_output_dir, sha256_file
+from edge_lora.validate.parity import cosine_similarity, detection_parity, score_cosine
 
 if TYPE_CHECKING:
     from edge_lora.profiles import OpenVinoSettings, TargetProfile
@@ -75,10 +76,6 @@ DEFAULT_TOLERANCE: dict[str, float] = {"fp32": 1e-3, "fp16": 2e-2}
 #: cosine similarity at least this. Element-wise limits do not work for INT8: one anchor's box can move by
 #: many pixels while the detections hardly change.
 DEFAULT_INT8_MIN_COSINE = 0.9
-#: Scores are compared on the anchors that could become a detection (either side's best class score at least
-#: this): the thousands of background anchors near 1e-3 carry INT8 noise that says nothing about the
-#: detections, yet on a small or young model they alone pulled the score cosine of a good IR to 0.84.
-SCORE_COSINE_FLOOR = 0.05
 #: Precisions computed in reduced precision at run time, checked by cosine similarity (not element-wise).
 _REDUCED = ("int8", "bf16")
 
@@ -444,61 +441,62 @@ def _image_batch(path: Path, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def _run_ir(
-    ov: Any, xml: Path, batch: np.ndarray, extra: str | None, inference_precision: str = "f32"
+    xml: Path, batch: np.ndarray, extra: str | None, work: Path, inference_precision: str = "f32"
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Compile the IR on CPU and run it once; also return tensor ``extra`` when the IR has it."""
-    core = ov.Core()
+    """Run the IR once on CPU with the device's own runner; also return tensor ``extra`` when the IR has it.
+
+    The check runs :class:`~edge_lora.runtime.openvino_rt.OpenVinoRunner`, so it measures what the device
+    compiles. The runner runs an IR as it is on disk, so to see ``extra`` (the decoded predictions before
+    post-processing) a copy with that tensor added as an output is saved in ``work`` and run instead.
+    """
+    from edge_lora.runtime.openvino_rt import OpenVinoRunner
+
+    ov = _import_openvino()
     try:
-        model = core.read_model(str(xml))
-        n_outputs = len(model.outputs)
-        if n_outputs != 1:
-            raise ToolError(f"{xml}: {n_outputs} outputs; a YOLO detection export has one")
-        if extra is not None:
-            try:
-                model.add_outputs([extra])
-            except RuntimeError:  # the tensor was fused away: compare the final output only
-                extra = None
-        # f32 unless the artifact is bf16: the check measures the IR, not the CPU's bf16 default on
-        # AMX/AVX512-BF16 machines.
-        compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": inference_precision})
-        result = compiled.create_infer_request().infer({0: batch})
-    except ToolError:
-        raise
+        model = ov.Core().read_model(str(xml))
     except Exception as exc:
-        raise ToolError(f"the exported IR {xml} does not compile or run on CPU: {_first_line(exc)}") from exc
-    outputs = [np.asarray(result[port]) for port in compiled.outputs]
+        raise ToolError(f"the exported IR {xml} cannot be read back: {_first_line(exc)}") from exc
+    n_outputs = len(model.outputs)
+    if n_outputs != 1:
+        raise ToolError(f"{xml}: {n_outputs} outputs; a YOLO detection export has one")
+    run_xml = xml
+    if extra is not None:
+        try:
+            model.add_outputs([extra])
+        except RuntimeError:  # the tensor was fused away: compare the final output only
+            extra = None
+        else:
+            run_xml = work / "parity_check.xml"
+            # compress_to_fp16=False: the copy keeps the weights exactly as the artifact stores them.
+            ov.save_model(model, str(run_xml), compress_to_fp16=False)
+    # f32 unless the artifact is bf16: the check measures the IR, not the CPU's bf16 default on
+    # AMX/AVX512-BF16 machines.
+    runner = OpenVinoRunner(run_xml, device="CPU", inference_precision=inference_precision)
+    try:
+        with runner:
+            outputs = list(runner.infer(batch).values())
+    except (ToolError, ModelError) as exc:
+        raise ToolError(f"the exported IR {xml} does not compile or run on CPU: {exc}") from exc
     return outputs[0], (outputs[1] if extra is not None else None)
 
 
-def _score_cosine(ref: np.ndarray, got: np.ndarray) -> float:
-    """Cosine of two ``(N, nc, anchors)`` score tensors over the anchors either side scores at least
-    :data:`SCORE_COSINE_FLOOR` (1.0 when neither has one: nothing to detect on either side)."""
-    from edge_lora.export.ort_qdq import cosine_similarity
-
-    if ref.ndim != 3 or ref.shape != got.shape:  # not the decoded (N, nc, anchors) form: compare it whole
-        return cosine_similarity(ref, got)
-    keep = (ref.max(axis=1) >= SCORE_COSINE_FLOOR) | (got.max(axis=1) >= SCORE_COSINE_FLOOR)  # (N, anchors)
-    if not keep.any():
-        return 1.0
-    return cosine_similarity(np.moveaxis(ref, 1, -1)[keep], np.moveaxis(got, 1, -1)[keep])
-
-
 def _parity(
-    ov: Any, xml: Path, facts: _OnnxFacts, batch: np.ndarray, precision: str, limit: float
+    xml: Path, facts: _OnnxFacts, batch: np.ndarray, precision: str, limit: float, work: Path
 ) -> dict[str, Any]:
     """Compare the IR with ONNX Runtime FP32 on ``batch`` (see :data:`DEFAULT_TOLERANCE`)."""
     import onnx
 
-    from edge_lora.export.onnx_export import compare_outputs, decoded_tensor_name, run_onnx
-    from edge_lora.export.ort_qdq import cosine_similarity
+    from edge_lora.export.onnx_export import decoded_tensor_name, run_onnx
 
     proto = onnx.load(str(facts.path))
     ref, ref_decoded = run_onnx(proto, batch, decoded=True)
     hint = "bf16" if precision == "bf16" else "f32"
-    got, got_decoded = _run_ir(ov, xml, batch, decoded_tensor_name(proto), hint)
+    got, got_decoded = _run_ir(xml, batch, decoded_tensor_name(proto), work, hint)
     meta = ultralytics_metadata(facts.metadata)
     end2end = bool(meta["end2end"]) if "end2end" in meta else (ref.ndim == 3 and ref.shape[-1] == 6)
-    final = compare_outputs(ref, got, end2end=end2end, tolerance=math.inf if precision in _REDUCED else limit)
+    final = detection_parity(
+        ref, got, end2end=end2end, tolerance=math.inf if precision in _REDUCED else limit
+    )
     if got.shape != ref.shape or not np.isfinite(got).all():
         raise ToolError(
             f"{xml}: the output is non-finite or shaped {tuple(got.shape)} instead of ONNX Runtime's "
@@ -510,9 +508,11 @@ def _parity(
     boxes, scores = (a[:, :4], b[:, :4]), (a[:, 4:], b[:, 4:])
     report["decoded"] = {
         "compared": "decoded" if a is ref_decoded else "final",
-        "max_rel": compare_outputs(a, b, end2end=False).max_rel if a is ref_decoded else final.max_rel,
+        "max_rel": detection_parity(a, b, end2end=False, tolerance=limit).max_rel
+        if a is ref_decoded
+        else final.max_rel,
         "cosine_boxes": cosine_similarity(*boxes),
-        "cosine_scores": _score_cosine(*scores),
+        "cosine_scores": score_cosine(*scores),
     }
     if precision in _REDUCED:
         worst = min(report["decoded"]["cosine_boxes"], report["decoded"]["cosine_scores"])
@@ -783,7 +783,7 @@ def export_openvino(
             raise ToolError(f"OpenVINO cannot save the IR: {_first_line(exc)}") from exc
 
         batch, sample_source = _check_sample(sample, calib_source, facts.input_shape)
-        parity = _parity(ov, xml, facts, batch, precision, limit)
+        parity = _parity(xml, facts, batch, precision, limit, work)
         parity["sample"] = sample_source
         if not parity["passed"]:
             what = (

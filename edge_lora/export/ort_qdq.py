@@ -32,13 +32,14 @@ from edge_lora.export.artifact import sidecar_path
 from edge_lora.export.calibration import CalibrationSet, OrtCalibrationReader, calibration_record
 from edge_lora.export.policy import QuantPlan, QuantPolicy, plan
 from edge_lora.fileio import check_output, sha256_file
+from edge_lora.validate.parity import cosine_similarity
 
 if TYPE_CHECKING:
     import onnx
 
     from edge_lora.profiles import TargetProfile
 
-__all__ = ["QdqResult", "cosine_similarity", "qdq_stats", "quantize_qdq"]
+__all__ = ["QdqResult", "qdq_stats", "quantize_qdq"]
 
 _METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
 _QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
@@ -86,18 +87,6 @@ class QdqResult:
         for key in ("path", "sidecar", "fp32_path"):
             d[key] = None if d[key] is None else str(d[key])
         return d
-
-
-def cosine_similarity(a: np.ndarray, b: np.ndarray) -> float:
-    """Cosine similarity of two arrays, flattened (1.0 for two all-zero arrays)."""
-    x = np.asarray(a, dtype=np.float64).ravel()
-    y = np.asarray(b, dtype=np.float64).ravel()
-    nx, ny = float(np.linalg.norm(x)), float(np.linalg.norm(y))
-    if nx == 0.0 and ny == 0.0:
-        return 1.0
-    if nx == 0.0 or ny == 0.0:
-        return 0.0
-    return float(np.dot(x, y) / (nx * ny))
 
 
 def qdq_stats(model: onnx.ModelProto) -> dict[str, Any]:

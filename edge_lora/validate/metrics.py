@@ -8,7 +8,9 @@ import X`` goes on working. It defines nothing; each family lives in a module wi
   :class:`AccuracyResult`, COCO and Ultralytics-convention AP);
 * agreement between two runners: :mod:`edge_lora.validate.agreement` (:func:`agreement` ->
   :class:`AgreementResult`);
-* raw tensor parity: :mod:`edge_lora.validate.parity` (:func:`tensor_parity`, :class:`ParityAccumulator`);
+* output parity, the one implementation merge, the export checks and validate share:
+  :mod:`edge_lora.validate.parity` (:class:`ParityResult`, :func:`tensor_parity`, :class:`ParityAccumulator`,
+  :func:`detection_parity`, :func:`cosine_similarity`);
 * latency and memory: :mod:`edge_lora.runtime.timing` (:class:`LatencyStats`, :func:`speedup`,
   :class:`Timer`, :func:`peak_rss_mb`), in the runtime because the device line times frames with it.
 
