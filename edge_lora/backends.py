@@ -88,6 +88,8 @@ class BackendSpec:
         bundle_suffixes: suffixes a bundle's artifact path may have; ``suffixes`` when empty (a TensorRT bundle
             ships the ONNX the device builds its engine from).
         device_outputs: bundle paths the device builds from the artifact; the first is what runs.
+        device_build: ``"module:function"``, ``f(artifact folder, first device output)``, that builds them on
+            the device (``build --on-device``); device_step: the command a bundle's README gives for it.
         precisions: ``f(profile) -> tuple`` of the precisions it builds for that profile and device.
         auto_precisions: ``f(profile) -> tuple``: what ``precision: auto`` expands to.
         runner_settings: ``f(profile, artifact) -> dict`` of runner constructor settings.
@@ -120,6 +122,8 @@ class BackendSpec:
     runner_settings: Callable[[Any, Path], dict[str, Any]] = _no_settings
     bundle_suffixes: tuple[str, ...] = ()
     device_outputs: tuple[str, ...] = ()
+    device_build: str | None = None
+    device_step: str | None = None
     folder_glob: str | None = None
     folder_holds: str | None = None
     fp32_is_onnx: bool = False
@@ -352,6 +356,8 @@ TENSORRT = register(
         # one GPU and TensorRT release); an engine built elsewhere may be shipped as it is.
         bundle_suffixes=(".onnx", ".engine", ".plan"),
         device_outputs=("model/tensorrt/model.engine", "model/tensorrt/model.engine.json"),
+        device_build="edge_lora.runtime.tensorrt_engine:build_engine",
+        device_step="edge-lora engine build model/tensorrt",
         precisions=lambda profile: ("fp32", "fp16", "int8"),
         auto_precisions=lambda profile: ("int8", "fp16"),
         families=("jetson", "gpu"),  # an NVIDIA GPU

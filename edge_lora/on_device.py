@@ -1,8 +1,9 @@
 """``build --on-device BUNDLE``: finish a bundle on its device with the torch-free runtime only.
 
-TensorRT: build the engine for this exact device. Then validate the shipped artifact against the bundled
-unmerged reference (``reference/unmerged.onnx``, run by ONNX Runtime here) with the profile's gates — now
-including latency, measured on the device — and benchmark it. Results go to ``BUNDLE.on-device/`` so the
+First build what the backend builds on the device (the backend registry's ``device_build``: a TensorRT
+engine for this exact GPU). Then validate the shipped artifact against the bundled unmerged reference
+(``reference/unmerged.onnx``, run by ONNX Runtime here) with the profile's gates — now including latency,
+measured on the device — and benchmark it. Results go to ``BUNDLE.on-device/`` so the
 bundle itself (and its hashes) stays untouched.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from edge_lora import backends
 from edge_lora.fileio import atomic_write_json, atomic_write_text
 
 
@@ -22,7 +24,7 @@ def finish_on_device(
     warmup: int | None = None,
     max_images: int | None = None,
 ) -> dict[str, Any]:
-    """Engine build (TensorRT), validation against the unmerged reference, bench; return a summary dict."""
+    """Device build (a TensorRT engine), validation against the unmerged reference, bench; return a summary dict."""
     from edge_lora.bundle.pack import load_verified
     from edge_lora.profiles import TargetProfile, _validate, list_recipes
     from edge_lora.validate.bench import bench
@@ -33,13 +35,15 @@ def finish_on_device(
     manifest = load_verified(bundle)
     primary = manifest.primary
     candidate = bundle / primary.path
-    if primary.backend == "tensorrt":
-        engine = bundle / primary.device_outputs[0]
-        if not engine.is_file():
-            from edge_lora.runtime.tensorrt_engine import build_engine
-
-            build_engine(candidate.parent, engine)
-        candidate = engine
+    spec = backends.get(primary.backend)
+    # The manifest records where this bundle's device outputs go (bundles from before may differ from the
+    # registry's layout); the registry says how to build them (a TensorRT engine for this exact GPU).
+    outputs = list(primary.device_outputs) or list(spec.device_outputs)
+    if outputs and spec.device_build:
+        built = bundle / outputs[0]
+        if not built.is_file():
+            backends.load_attr(spec.device_build)(candidate.parent, built)
+        candidate = built
     out = bundle.with_name(bundle.name + ".on-device")
     out.mkdir(exist_ok=True)
     where = f"{bundle / 'manifest.json'}: target.profile"
