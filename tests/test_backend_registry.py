@@ -1,125 +1,236 @@
-"""The backend registry (issue 10, step 1): what a backend is, said once in :mod:`edge_lora.backends`.
+"""The backend registry (issue 10): what a backend is, said once in :mod:`edge_lora.backends`.
 
 The shipped backends keep their layout, precisions, runner settings and messages; and adding one is a spec
-and a ``register()`` call: the toy backend "toyrt" below (a runner over ``.toy`` files wrapping ONNX
-Runtime, an exporter copying the FP32 ONNX to ``model.toy``) lives in this file only, and ``export``,
-``load_runner`` and the bundle layout work for it without an edge_lora file knowing its name.
+and a ``register()`` call: the toy backend ``toy`` (tests/toy_backend.py: a runner over ``.toy`` files
+wrapping ONNX Runtime, an exporter copying the FP32 ONNX to ``model.toy``, a ``toy:`` profile section) is
+named in a profile that validates, exported by ``export()``, laid out in a bundle whose manifest loads and
+run by the runtime loader, without an edge_lora file knowing its name.
 """
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
+import textwrap
 
+import cv2
 import numpy as np
 import pytest
 from conftest import IMGSZ, REPO, make_base
+from toy_backend import TOY, ToyRunner, ToySettings
 
 from edge_lora import backends
-from edge_lora.errors import InputError
-from edge_lora.runtime.onnxrt import OnnxRuntimeRunner
+from edge_lora.errors import InputError, ProfileError
 
 # ---------------------------------------------------------------------------------------- the toy backend
 
 
-class ToyRunner(OnnxRuntimeRunner):
-    """A ``.toy`` file is an ONNX model under another name."""
-
-    prefix = "toyrt"
-
-
-def export_toy(job):
-    """The host side of toyrt: the FP32 ONNX, copied to ``toyrt-<precision>/model.toy``."""
-    dest = job.out / f"toyrt-{job.precision}" / "model.toy"
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(job.fp32_onnx, dest)
-    return job.artifact("toyrt", dest, {"copied_from": str(job.fp32_onnx)})
-
-
-TOYRT = backends.BackendSpec(
-    name="toyrt",
-    runner=f"{__name__}:ToyRunner",
-    exporter=f"{__name__}:export_toy",
-    suffixes=(".toy",),
-    loads="a .toy",
-    bundle=backends.BundleLayout("model/model.toy"),
-    precisions=lambda profile: ("fp32",),
-    auto_precisions=lambda profile: ("fp32",),
-    runner_settings=lambda profile, artifact: {"providers": ["CPUExecutionProvider"], "intra_op_threads": 1},
-)
-
-
 @pytest.fixture
-def toyrt():
-    backends.register(TOYRT)
+def toy():
+    backends.register(TOY)
     try:
-        yield TOYRT
+        yield TOY
     finally:
-        backends.unregister("toyrt")
+        backends.unregister("toy")
 
 
-def _toy_profile():
+TOY_PROFILE = f"""\
+    extends: cpu-onnxruntime
+    name: line-pc-toy
+    description: The toy backend on a line PC.
+    backend: toy
+    precision: fp32
+    fallbacks: []
+    imgsz: {IMGSZ}
+    calibration: null
+    quantization: null
+    onnxruntime: null
+    toy:
+      threads: 2
+    """
+
+
+def _write(tmp_path, text, name="line-pc-toy.yaml"):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def _load_error(path) -> str:
     from edge_lora.profiles import load_profile
 
-    # A profile's backend field names the shipped backends (its schema is a file format); model_copy sets
-    # toyrt without re-validating, as a profile schema that read the registry would.
-    return load_profile("cpu-onnxruntime").model_copy(
-        update={
-            "backend": "toyrt",
-            "precision": "fp32",
-            "fallbacks": [],
-            "imgsz": IMGSZ,
-            "calibration": None,
-            "quantization": None,
-        }
+    with pytest.raises(ProfileError) as e:
+        load_profile(path)
+    return str(e.value)
+
+
+def test_a_profile_names_the_toy_backend_and_its_section(toy, tmp_path):
+    from edge_lora.profiles import TargetProfile, load_profile
+
+    profile = load_profile(_write(tmp_path, TOY_PROFILE))
+    assert (profile.backend, profile.family) == ("toy", "cpu")
+    assert profile.backend_settings == ToySettings(threads=2) and profile.settings_for("onnxruntime") is None
+    assert profile.precision_chain() == ["fp32"] and profile.buildable_precisions() == {"fp32"}
+    # The section is part of the profile: dumped, hashed, shown and read back as it is.
+    assert profile.resolved_dict()["toy"] == {"threads": 2}
+    again = load_profile(_write(tmp_path, profile.to_yaml(), "shown.yaml"))
+    assert again == profile and again.sha256() == profile.sha256()
+    assert TargetProfile.model_validate(profile.resolved_dict()) == profile
+    assert profile.with_overrides({"toy.threads": 3}).backend_settings.threads == 3
+    # Left out, the active backend's section is its defaults, as for the shipped ones.
+    bare = load_profile(
+        _write(tmp_path, TOY_PROFILE.replace("    toy:\n      threads: 2\n", ""), "bare.yaml")
     )
+    assert bare.backend_settings == ToySettings()
+    assert "toy" in TargetProfile.model_json_schema()["properties"]["backend"]["enum"]
+
+
+@pytest.mark.parametrize(
+    ("edit", "fragment"),
+    [
+        (
+            lambda t: t.replace("threads: 2", "thread: 2"),
+            "field 'toy.thread': unknown key; did you mean 'threads'?",
+        ),
+        (
+            lambda t: t.replace("threads: 2", "threads: 0"),
+            "field 'toy.threads': Input should be greater than",
+        ),
+        (
+            lambda t: t.replace("backend: toy", "backend: onnxruntime"),
+            "field 'toy': toy settings, but backend is onnxruntime",
+        ),
+        (
+            lambda t: t.replace("extends: cpu-onnxruntime", "extends: jetson-orin-nano").replace(
+                "onnxruntime: null", "tensorrt: null"
+            ),
+            "field 'backend': toy cannot run on family jetson",
+        ),
+        (lambda t: t.replace("precision: fp32", "precision: int8"), "int8 is not built for toy"),
+        (lambda t: t.replace("toy:", "toi:"), "field 'toi': unknown key; did you mean 'toy'?"),
+    ],
+    ids=["section-typo", "section-range", "section-on-other-backend", "family", "precision", "key-typo"],
+)
+def test_toy_profile_problems_name_the_field(toy, tmp_path, edit, fragment):
+    msg = _load_error(_write(tmp_path, edit(TOY_PROFILE)))
+    assert fragment in msg, msg
+
+
+def test_an_unregistered_backend_is_a_schema_error_listing_the_registered(tmp_path):
+    # Its section is an unknown key then (reported first), and the backend is not one.
+    assert "field 'toy': unknown key; allowed here: " in _load_error(_write(tmp_path, TOY_PROFILE))
+    msg = _load_error(_write(tmp_path, TOY_PROFILE.replace("    toy:\n      threads: 2\n", "")))
+    assert (
+        "field 'backend': Input should be a registered backend, 'onnxruntime', 'openvino' or 'tensorrt', "
+        "got 'toy'" in msg
+    ), msg
+    from edge_lora.bundle.manifest import Artifact
+
+    with pytest.raises(Exception, match="Input should be a registered backend, .* got 'toy'"):
+        Artifact.model_validate(_toy_artifact())
+
+
+def _toy_artifact(**over):
+    return {
+        "path": "model/model.toy",
+        "sha256": "0" * 64,
+        "bytes": 1,
+        "backend": "toy",
+        "precision": "fp32",
+        "role": "primary",
+        **over,
+    }
+
+
+def test_a_manifest_names_the_toy_backend(toy):
+    from edge_lora.bundle.manifest import Artifact
+
+    assert Artifact.model_validate(_toy_artifact()).run_path == "model/model.toy"
+    with pytest.raises(Exception, match=r"a toy artifact is a \.toy file, got '\.onnx'"):
+        Artifact.model_validate(_toy_artifact(path="model/model.onnx"))
 
 
 @pytest.mark.slow
-def test_a_toy_backend_exports_loads_and_lays_out_from_one_test_file(toyrt, tmp_path, monkeypatch):
-    from edge_lora import profiles
+def test_a_toy_backend_exports_bundles_and_runs_from_one_test_file(toy, tmp_path):
     from edge_lora.build import _bundle_files_for
+    from edge_lora.bundle.manifest import read_manifest
+    from edge_lora.bundle.pack import write_bundle
     from edge_lora.export.api import export
+    from edge_lora.profiles import load_profile
+    from edge_lora.runtime.line import LineRuntime
     from edge_lora.runtime.loader import load_runner, runner_class
     from edge_lora.validate.compare import artifact_backend, runner_settings
 
-    profile = _toy_profile()
-    assert profile.precision_chain() == ["fp32"] and profile.buildable_precisions() == {"fp32"}
-    monkeypatch.setattr(profiles, "resolve_target", lambda target: (profile, None))
+    profile = load_profile(_write(tmp_path, TOY_PROFILE))
     base = make_base(tmp_path / "base.pt", {0: "open", 1: "short"})
 
-    result = export(base, "toy", tmp_path / "out")
+    result = export(base, profile, tmp_path / "out")
 
     assert not result.failures
     [art] = result.artifacts
-    assert (art.backend, art.precision) == ("toyrt", "fp32")
-    assert art.path == tmp_path / "out" / "toyrt-fp32" / "model.toy" and art.path.is_file()
-    assert art.details["copied_from"] == str(result.fp32_onnx)
+    assert (art.backend, art.precision) == ("toy", "fp32")
+    assert art.path == tmp_path / "out" / "toy-fp32" / "model.toy" and art.path.is_file()
+    assert art.details["copied_from"] == str(result.fp32_onnx) and art.bytes == art.path.stat().st_size
 
     assert runner_class(art.path) is ToyRunner
-    assert artifact_backend(art.path) == "toyrt"
+    assert artifact_backend(art.path) == "toy"
     settings = runner_settings(profile, art.path)
-    assert settings == {"providers": ["CPUExecutionProvider"], "intra_op_threads": 1}
+    assert settings == {"providers": ["CPUExecutionProvider"], "intra_op_threads": 2}
     x = np.random.default_rng(0).random((1, 3, IMGSZ, IMGSZ), dtype=np.float32)
-    with load_runner(art.path, **settings) as toy, load_runner(result.fp32_onnx) as ort:
-        assert isinstance(toy, ToyRunner) and toy.metadata["imgsz"] == ort.metadata["imgsz"]
-        [a], [b] = toy.infer(x).values(), ort.infer(x).values()
+    with load_runner(art.path, **settings) as toy_runner, load_runner(result.fp32_onnx) as ort:
+        assert isinstance(toy_runner, ToyRunner) and toy_runner.metadata["imgsz"] == ort.metadata["imgsz"]
+        [a], [b] = toy_runner.infer(x).values(), ort.infer(x).values()
         np.testing.assert_array_equal(a, b)
 
     files, run_path, outputs = _bundle_files_for(art.to_dict())
     assert files == {"model/model.toy": art.path} and run_path == "model/model.toy" and outputs == []
-    assert backends.ARTIFACT_SUFFIXES["toyrt"] == (".toy",)
+    assert backends.ARTIFACT_SUFFIXES["toy"] == (".toy",)
+    bundle = write_bundle(
+        tmp_path / "dist" / "line-pc-toy",
+        files,
+        {
+            "target": profile,
+            "classes": {0: "open", 1: "short"},
+            "imgsz": IMGSZ,
+            "postprocessing": {"end2end": True, "iou": 0.7, "max_det": 300},
+            "artifacts": [
+                {
+                    "path": run_path,
+                    "backend": "toy",
+                    "precision": "fp32",
+                    "role": "primary",
+                    "runner_settings": settings,
+                    "device_outputs": outputs,
+                }
+            ],
+            "provenance": {
+                "base": {"path": str(base), "sha256": "a" * 64},
+                "adapter": None,
+                "merged": {"sha256": "c" * 64},
+                "calibration": None,
+                "toolchain": {"edge-lora": "0.1.0"},
+            },
+        },
+    )
+    manifest = read_manifest(bundle)
+    assert manifest.primary.backend == "toy" and manifest.target.profile["toy"] == {"threads": 2}
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    cv2.imwrite(str(frames / "a.png"), np.full((48, 80, 3), 127, np.uint8))
+    with LineRuntime(bundle) as line:
+        assert isinstance(line.runner, ToyRunner)
+        summary = line.run(frames, out_jsonl=tmp_path / "out.jsonl")
+    assert summary.images == 1
 
 
-def test_the_toy_backend_joins_messages_and_leaves_cleanly(toyrt, tmp_path):
+def test_the_toy_backend_joins_messages_and_leaves_cleanly(toy, tmp_path):
     from edge_lora.runtime.loader import runner_class
 
     (tmp_path / "m.tflite").write_bytes(b"x")
     with pytest.raises(InputError, match=r"expected .onnx, .*\.engine or \.plan, a \.toy$"):
         runner_class(tmp_path / "m.tflite")
-    backends.unregister("toyrt")
-    assert "toyrt" not in backends.names() and "toyrt" not in backends.ARTIFACT_SUFFIXES
+    backends.unregister("toy")
+    assert "toy" not in backends.names() and "toy" not in backends.ARTIFACT_SUFFIXES
     (tmp_path / "m.toy").write_bytes(b"x")
     with pytest.raises(InputError, match="unknown model type '.toy'"):
         runner_class(tmp_path / "m.toy")
@@ -149,10 +260,10 @@ def test_shipped_backends_are_registered_lazily():
 def test_register_refuses_a_taken_name_or_suffix():
     with pytest.raises(ValueError, match="already registered"):
         backends.register(backends.ONNXRUNTIME)
-    clash = backends.BackendSpec(**{**TOYRT.__dict__, "name": "clash", "suffixes": (".onnx",)})
+    clash = backends.BackendSpec(**{**TOY.__dict__, "name": "clash", "suffixes": (".onnx",)})
     with pytest.raises(ValueError, match=r"\['.onnx'\] already load with 'onnxruntime'"):
         backends.register(clash)
-    lazy = backends.BackendSpec(**{**TOYRT.__dict__, "runner": "ToyRunner"})
+    lazy = backends.BackendSpec(**{**TOY.__dict__, "runner": "ToyRunner"})
     with pytest.raises(ValueError, match="not a 'module:attribute'"):
         backends.register(lazy)
     assert backends.names() == ("onnxruntime", "openvino", "tensorrt")
