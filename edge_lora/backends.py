@@ -2,9 +2,11 @@
 
 A backend is one :class:`BackendSpec`: its name, the files its runner loads, the precisions it builds for a
 profile, where its artifact goes in a bundle and what the device builds from it, its runner and the runner's
-settings from a profile, and its host-side exporter. Every place that used to decide these with an
-``if backend == ...`` chain (export dispatch, runner choice, runner settings, bundle layout, manifest
-suffixes, buildable precisions and the ``auto`` chain) reads :func:`get` or :func:`for_artifact` instead.
+settings from a profile, its host-side exporter, and its part of the profile schema (the device families
+that run it, its settings section's model, its own cross-field checks). Every place that used to decide these
+with an ``if backend == ...`` chain (export dispatch, artifact size, runner choice, runner settings, bundle
+layout, the manifest's ``backend`` and suffixes, the profile's ``backend``, settings section and family fit,
+buildable precisions and the ``auto`` chain) reads :func:`get` or :func:`for_artifact` instead.
 
 Adding a backend is one spec and one :func:`register` call, found the way PEFT finds its tuners: a dict
 keyed by name. The three shipped specs live here, not beside their runners, because their runner modules

@@ -76,10 +76,6 @@ MANIFEST_NAME = "manifest.json"
 #: Deployment confidence used when the target profile gives none (Ultralytics' predict default).
 DEFAULT_CONF = 0.25
 
-#: Backend -> suffixes its artifact's path may have, read from the backend registry (a TensorRT bundle ships
-#: the ONNX the device builds its engine from, or an engine built elsewhere as it is).
-_ARTIFACT_SUFFIXES: Mapping[str, tuple[str, ...]] = backends.ARTIFACT_SUFFIXES
-
 
 class BundleError(InputError):
     """A bundle is missing, malformed, tampered with, or cannot run here (exit code 2)."""
@@ -252,7 +248,7 @@ class Artifact(_Strict):
     def _backend_fits(self) -> Artifact:
         suffix = PurePosixPath(self.path).suffix.lower()
         spec = backends.get(self.backend)
-        allowed = _ARTIFACT_SUFFIXES[self.backend]
+        allowed = spec.shipped_suffixes  # a TensorRT bundle may ship the ONNX its engine is built from
         problems = []
         if suffix not in allowed:
             problems.append(

@@ -270,7 +270,7 @@ class TargetProfile(_Document):
 
         # Precisions this backend/device cannot build (export() refuses the same, from the same method).
         buildable = self.buildable_precisions()
-        device = getattr(getattr(self, self.backend, None), "device", None)  # OpenVINO's CPU/GPU/NPU
+        device = getattr(self.backend_settings, "device", None)  # OpenVINO's CPU/GPU/NPU
         for precision in dict.fromkeys(chain):
             if precision not in buildable:
                 why = spec.why_not.get(precision) or _WHY_NOT.get(
