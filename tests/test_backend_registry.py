@@ -397,3 +397,19 @@ def test_unknown_artifact_messages_are_unchanged(tmp_path):
     assert str(e.value).endswith(
         "is a folder without an OpenVINO IR; pass a .onnx, .xml, .engine or .plan file"
     )
+
+
+def test_shipped_sections_are_the_profile_fields_their_specs_name(tmp_path):
+    from edge_lora.export.api import Artifact
+    from edge_lora.profiles import TargetProfile
+    from edge_lora.schema import model_in
+
+    for spec in backends.specs():
+        field = TargetProfile.model_fields[spec.name]
+        assert model_in(field.annotation) is spec.settings_model(), spec.name
+    # An OpenVINO IR's size counts its .bin (BackendSpec.companions); the others are one file.
+    (tmp_path / "model.xml").write_bytes(b"x" * 3)
+    (tmp_path / "model.bin").write_bytes(b"x" * 5)
+    (tmp_path / "model.onnx").write_bytes(b"x" * 7)
+    assert Artifact("openvino", "fp32", tmp_path / "model.xml", 0.0).bytes == 8
+    assert Artifact("onnxruntime", "fp32", tmp_path / "model.onnx", 0.0).bytes == 7

@@ -357,6 +357,13 @@ BROKEN = [
         "backend",
         "cannot run on family cpu",
     ),
+    (
+        "backend-unregistered",
+        cpu_profile,
+        _set("backend", "tflite"),
+        "backend",
+        "Input should be a registered backend, 'onnxruntime', 'openvino' or 'tensorrt', got 'tflite'",
+    ),
     ("ort-fp16-cpu", cpu_profile, _set("precision", "fp16"), "precision", "CPU kernels are fp32/int8"),
     (
         "ort-ep-typo",
