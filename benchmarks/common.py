@@ -46,14 +46,16 @@ def profile_file(folder: Path, key: str, profile: str, overrides: dict[str, Any]
 def validate_merged(artifact: Path, profile: Any, data: Path, args: Any, reference_cache: dict) -> Any:
     """``validate()`` of a merged artifact (``profile``: a ``TargetProfile``, or a name or YAML file) against the unmerged base + ``args.adapter`` in PyTorch, with the
     benchmark's ``--max-images/--runs/--warmup``; the reference runs once per ``reference_cache``."""
+    from edge_lora.profiles import resolve_target
     from edge_lora.validate.compare import validate
+    from edge_lora.validate.reference import torch_reference
 
+    profile, _ = resolve_target(profile)
     return validate(
         artifact,
         data=data,
         target=profile,
-        reference_base=BASE,
-        reference_adapter=args.adapter,
+        reference=torch_reference(BASE, args.adapter, target=profile),
         max_images=args.max_images,
         runs=args.runs,
         warmup=args.warmup,

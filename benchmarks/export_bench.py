@@ -7,7 +7,7 @@ ONNX Runtime static quantization), OpenVINO FP32 / FP16 / INT8. Ultralytics expo
 checkpoint in its own folder (it writes next to the checkpoint) with ``nms=False`` (YOLO26's NMS-free head).
 
 Every row goes through the same evaluator: ``edge_lora.validate.validate(artifact, data=base.yaml,
-target=<profile of the artifact's backend>, reference_base=ckpt)`` -- one preprocessing, one post-processing,
+target=<profile of the artifact's backend>, reference=torch_reference(ckpt, ...))`` -- one preprocessing, one post-processing,
 one COCO-style mAP, with the PyTorch checkpoint itself as the reference. ONNX rows run under the
 cpu-onnxruntime profile (ONNX Runtime, ``intra_op_threads`` = --threads), OpenVINO rows under intel-openvino
 (CPU, LATENCY hint, f32 inference precision; OpenVINO picks its thread count itself, the effective value is
@@ -250,7 +250,7 @@ def export_ultralytics(spec: dict[str, Any], folder: Path) -> dict[str, Any]:
     """Ultralytics' own exporter on a private copy of the checkpoint, timed from the .pt to the artifact."""
     from ultralytics import YOLO
 
-    from edge_lora.export.onnx_export import no_runtime_installs
+    from edge_lora.export.onnx.ultralytics_export import no_runtime_installs
     from edge_lora.runtime.openvino_rt import resolve_openvino_xml
 
     if folder.exists():
@@ -310,7 +310,9 @@ def lat(stats: dict[str, Any]) -> dict[str, float]:
 def run_row(
     name: str, args: argparse.Namespace, profiles: dict[str, dict], done: dict[str, dict]
 ) -> dict[str, Any]:
+    from edge_lora.profiles import resolve_target
     from edge_lora.validate.compare import validate
+    from edge_lora.validate.reference import torch_reference
 
     spec = ROWS[name]
     profile = profiles[spec["profile"]]["path"]
@@ -347,15 +349,15 @@ def run_row(
         row["openvino_effective"] = openvino_effective(path, profile)
 
     t0 = time.perf_counter()
+    resolved, _ = resolve_target(profile)
     rep = validate(
         path,
         data=DATA,
-        target=profile,
-        reference_base=BASE,
+        target=resolved,
+        reference=torch_reference(BASE, target=resolved, threads=args.threads),
         max_images=args.max_images,
         runs=args.runs,
         warmup=args.warmup,
-        threads=args.threads,
         reference_cache=REFERENCE_CACHE,
     )
     row["validate_seconds"] = round(time.perf_counter() - t0, 1)

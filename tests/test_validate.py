@@ -12,7 +12,9 @@ from conftest import IMGSZ
 
 from edge_lora.cli.main import main
 from edge_lora.errors import InputError
+from edge_lora.profiles import resolve_target
 from edge_lora.validate.compare import validate
+from edge_lora.validate.reference import torch_reference
 
 pytestmark = pytest.mark.slow  # end to end: trains, exports or builds tiny models
 
@@ -51,12 +53,16 @@ def against_unmerged(tmp_path, base_ckpt, trained_adapter, demo_data) -> dict:
     """validate() keyword arguments: line B val, the unmerged base + adapter as reference, 5 timed runs."""
     return dict(
         data=demo_data.line_b_yaml,
-        target=_profile(tmp_path),
-        reference_base=base_ckpt,
-        reference_adapter=trained_adapter.out,
+        **_unmerged(_profile(tmp_path), base_ckpt, trained_adapter),
         warmup=1,
         runs=5,
     )
+
+
+def _unmerged(profile: Path, base_ckpt: Path, trained_adapter) -> dict:
+    """``target`` and ``reference``: the resolved profile and the PyTorch base + adapter the host side builds."""
+    target, _ = resolve_target(profile)
+    return {"target": target, "reference": torch_reference(base_ckpt, trained_adapter.out, target=target)}
 
 
 def test_merged_fp32_agrees_with_unmerged_reference(merged_onnx, against_unmerged):
@@ -134,9 +140,7 @@ def test_undecodable_image_is_skipped_and_counted(
     report = validate(
         merged_onnx,
         data=tmp_path / "d.yaml",
-        target=_profile(tmp_path),
-        reference_base=base_ckpt,
-        reference_adapter=trained_adapter.out,
+        **_unmerged(_profile(tmp_path), base_ckpt, trained_adapter),
         warmup=1,
         runs=3,
     )
@@ -153,9 +157,7 @@ def test_class_names_must_match_the_data(tmp_path, merged_onnx, base_ckpt, train
         validate(
             merged_onnx,
             data=tmp_path / "d.yaml",
-            target=_profile(tmp_path),
-            reference_base=base_ckpt,
-            reference_adapter=trained_adapter.out,
+            **_unmerged(_profile(tmp_path), base_ckpt, trained_adapter),
             warmup=1,
             runs=3,
         )

@@ -98,16 +98,26 @@ def validate_cmd(
     json_path: Path | None,
 ) -> None:
     """Validate an exported artifact against the unmerged model; exit 1 when a gate fails."""
+    from edge_lora.profiles import resolve_target
     from edge_lora.validate.compare import validate
 
-    ref_kwargs = (
-        {"reference_base": reference, "reference_adapter": adapter}
-        if reference.suffix == ".pt"
-        else {"reference_artifact": reference}
-    )
+    profile, _ = resolve_target(target)
+    if reference.suffix == ".pt":
+        # The PyTorch reference is built here, on the host side: validate() itself stays torch-free.
+        from edge_lora.validate.reference import torch_reference
+
+        ref_kwargs = {"reference": torch_reference(reference, adapter, target=profile)}
+    else:
+        ref_kwargs = {"reference_artifact": reference}
     with console.status("validating (accuracy, agreement, latency)..."):
         report = validate(
-            candidate, data=data, target=target, max_images=max_images, warmup=warmup, runs=runs, **ref_kwargs
+            candidate,
+            data=data,
+            target=profile,
+            max_images=max_images,
+            warmup=warmup,
+            runs=runs,
+            **ref_kwargs,
         )
     console.print(_summary_table(report))
     console.print(_gate_table(report))

@@ -1,8 +1,10 @@
 """``validate()``: run the candidate artifact and the reference over a val set, through one preprocessing,
 one post-processing and one evaluator, and check the target profile's gates.
 
-Device side: nothing here imports torch or ultralytics, except the PyTorch reference runner, which is
-imported only when the reference is a checkpoint (+ adapter) rather than an exported artifact.
+Device side: nothing here imports torch or ultralytics. The reference is an exported artifact (the bundle's
+``reference/unmerged.onnx``) loaded by its torch-free runner, or a runner the caller built: the host side
+passes the PyTorch unmerged model (``edge_lora.validate.reference.torch_reference``), so the comparator never
+imports it.
 """
 
 from __future__ import annotations
@@ -197,6 +199,19 @@ def artifact_backend(artifact: Path) -> str:
     return spec.name
 
 
+def reference_identity(reference: Runner | None, artifact: str | Path | None) -> tuple[str, ...]:
+    """What a reference pass is of, for :data:`ReferenceCache` keys: the artifact path, or the caller's
+    runner by its ``identity`` (a tuple of strings, when it defines one: the PyTorch reference names its
+    base and adapter paths) else by class and path."""
+    if artifact is not None:
+        return ("artifact", str(artifact))
+    assert reference is not None
+    identity = getattr(reference, "identity", None)
+    if identity is not None:
+        return tuple(map(str, identity))
+    return (type(reference).__qualname__, str(reference.path))
+
+
 def _read_images(paths: list[Path], skipped: list[str]) -> Iterator[tuple[Path, np.ndarray]]:
     for p in paths:
         img = cv2.imread(str(p))
@@ -264,23 +279,22 @@ def validate(
     *,
     data: str | Path,
     target: str | Path | TargetProfile,
-    reference_base: str | Path | None = None,
-    reference_adapter: str | Path | None = None,
+    reference: Runner | None = None,
     reference_artifact: str | Path | None = None,
     max_images: int | None = None,
     warmup: int | None = None,
     runs: int | None = None,
-    threads: int | None = None,
     progress: Any = None,
     reference_cache: ReferenceCache | None = None,
 ) -> ValidationReport:
     """Validate ``candidate`` against the unmerged reference on ``data``'s val split for ``target`` (a
     resolved ``TargetProfile``, used as it is, or a profile name, family or YAML file).
 
-    The reference is ``reference_base`` (+ ``reference_adapter``) run in PyTorch, or ``reference_artifact``
-    (e.g. the unmerged model exported to ONNX) run by its torch-free runner. With ``reference_cache``, a
+    The reference is ``reference``, a runner the caller built and has not activated (the host side's PyTorch
+    unmerged model: :func:`edge_lora.validate.reference.torch_reference`), or ``reference_artifact`` (e.g.
+    the unmerged model exported to ONNX) loaded here by its torch-free runner. With ``reference_cache``, a
     reference pass with the same inputs and settings is reused instead of run again (its latency then
-    comes from that earlier pass).
+    comes from that earlier pass, and ``reference`` is never activated).
     """
     from edge_lora.data.checks import load_data_yaml
     from edge_lora.profiles import resolve_target
@@ -299,20 +313,19 @@ def validate(
     gates = profile.gates
     deploy_conf = gates.agreement_conf
 
-    if reference_artifact is None and reference_base is None:
+    if (reference_artifact is None) == (reference is None):
         raise InputError(
-            "validate needs a reference: --reference BASE.pt [--adapter DIR] or --reference UNMERGED.onnx"
+            "validate needs one reference: --reference BASE.pt [--adapter DIR] or --reference UNMERGED.onnx"
         )
-    ref_source = str(reference_artifact or reference_adapter or reference_base)
+    ref_source = str(reference_artifact if reference_artifact is not None else reference.path)  # type: ignore[union-attr]
     key = (
-        *(str(x) for x in (reference_artifact, reference_base, reference_adapter)),
+        *reference_identity(reference, reference_artifact),
         tuple(map(str, paths)),
         imgsz,
         profile.max_det,
-        profile.backend if reference_artifact is not None else "torch",
+        profile.backend if reference_artifact is not None else None,
         warmup,
         runs,
-        threads,
         deploy_conf,
     )
     cached = reference_cache.get(key) if reference_cache is not None else None
@@ -321,11 +334,7 @@ def validate(
     if cached is None and reference_artifact is not None:
         ref_runner = load_runner(reference_artifact, **runner_settings(profile, Path(reference_artifact)))
     elif cached is None:
-        from edge_lora.validate.reference import TorchReferenceRunner
-
-        ref_runner = TorchReferenceRunner(
-            reference_base, reference_adapter, imgsz=imgsz, max_det=profile.max_det, threads=threads
-        )
+        ref_runner = reference
 
     skipped: list[str] = []
     gts, sizes, cand_dets, ref_dets, ref_raws, read = [], [], [], [], [], []

@@ -10,10 +10,26 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edge_lora.runtime.base import Runner, TensorMetadata
+
+if TYPE_CHECKING:
+    from edge_lora.profiles import TargetProfile
+
+
+def torch_reference(
+    base: str | Path, adapter: str | Path | None = None, *, target: TargetProfile, threads: int | None = None
+) -> TorchReferenceRunner:
+    """The unmerged PyTorch reference for ``validate(reference=...)``: ``base`` (+ ``adapter``) at the
+    resolved ``target`` profile's imgsz and max_det. Nothing is loaded until validation activates it.
+
+    Host side: ``validate()`` itself is device-side and never imports this module; the CLI's
+    ``validate --reference BASE.pt``, ``build()`` and the benchmarks build the runner here and pass it in.
+    """
+    return TorchReferenceRunner(base, adapter, imgsz=target.imgsz, max_det=target.max_det, threads=threads)
 
 
 class TorchReferenceRunner(Runner):
@@ -46,6 +62,11 @@ class TorchReferenceRunner(Runner):
         self.base, self.adapter = Path(base), Path(adapter) if adapter else None
         self.imgsz, self.end2end, self.max_det, self.threads = imgsz, end2end, max_det, threads
         self.model = None
+
+    @property
+    def identity(self) -> tuple[str, ...]:
+        """What this reference is, for validate()'s reference-pass cache keys (full paths, not names)."""
+        return ("torch", str(self.base), str(self.adapter), str(self.end2end), str(self.threads))
 
     def activate_impl(self) -> None:
         import torch
