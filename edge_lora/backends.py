@@ -35,6 +35,7 @@ __all__ = [
     "check_registered",
     "for_artifact",
     "get",
+    "json_schema_enum",
     "load_attr",
     "names",
     "register",
@@ -216,6 +217,11 @@ def check_registered(name: str) -> str:
         either = " or ".join([", ".join(listed[:-1]), listed[-1]]) if len(listed) > 1 else "".join(listed)
         raise ValueError(f"Input should be a registered backend, {either}, got {name!r}")
     return name
+
+
+def json_schema_enum(schema: dict[str, Any]) -> None:
+    """``json_schema_extra`` of a field naming a backend: its JSON schema lists the registered ones."""
+    schema["enum"] = list(_REGISTRY)
 
 
 def names() -> tuple[str, ...]:

@@ -209,7 +209,7 @@ class Artifact(_Strict):
     path: Annotated[str, Field(description="Relative POSIX path of the file the runner loads.")]
     sha256: Sha256
     bytes: int = Field(ge=1, description="File size.")
-    backend: str = Field(description="A registered backend (edge_lora.backends): its runner loads path.")
+    backend: str = Field(description="A registered backend.", json_schema_extra=backends.json_schema_enum)
     precision: Literal["fp32", "fp16", "bf16", "int8"]
     role: Literal["primary", "fallback", "reference"] = Field(
         description="'primary' runs on the line; 'fallback' is a more precise build to switch to; "

@@ -17,6 +17,7 @@ One module per job; import from here, which re-exports the public names:
 - :mod:`~edge_lora.profiles.versions`: version ranges (``tensorrt.version``), on :mod:`packaging`
 - :mod:`~edge_lora.profiles.sections`: the settings sections (quantization, backends, hardware, gates, bench)
 - :mod:`~edge_lora.profiles.schema`: :class:`TargetProfile`, :class:`CalibRecipe` and the vocabulary
+- :mod:`~edge_lora.profiles.backend_checks`: the shipped backends' own checks (``BackendSpec.profile_checks``)
 - :mod:`~edge_lora.profiles.loader`: shipped names and paths, YAML, ``extends``, :func:`load_profile`
 - :mod:`~edge_lora.profiles.device`: family aliases and device detection, :func:`resolve_target`
 - :mod:`~edge_lora.profiles.docs`: the ``targets`` table, ``--set`` parsing, the README field reference

@@ -129,7 +129,7 @@ class TargetProfile(_Document):
     )
     backend: str = Field(
         description="Runtime the model is exported for: onnxruntime, openvino or tensorrt.",
-        json_schema_extra=lambda schema: schema.update(enum=list(backends.names())),
+        json_schema_extra=backends.json_schema_enum,
     )
     precision: Precision = Field(
         description="Precision to build first: fp32, fp16, int8, bf16 (OpenVINO CPU only: the FP32 IR computed "
