@@ -413,3 +413,23 @@ def test_shipped_sections_are_the_profile_fields_their_specs_name(tmp_path):
     (tmp_path / "model.onnx").write_bytes(b"x" * 7)
     assert Artifact("openvino", "fp32", tmp_path / "model.xml", 0.0).bytes == 8
     assert Artifact("onnxruntime", "fp32", tmp_path / "model.onnx", 0.0).bytes == 7
+
+
+def test_a_backend_reads_its_own_section_while_the_profile_validates(tmp_path):
+    import dataclasses
+
+    from edge_lora.profiles import load_profile
+
+    # fp16 only with several threads: the section is in place when precisions() is asked.
+    backends.register(
+        dataclasses.replace(
+            TOY, precisions=lambda p: ("fp32", "fp16") if p.backend_settings.threads > 1 else ("fp32",)
+        )
+    )
+    try:
+        fp16 = TOY_PROFILE.replace("precision: fp32", "precision: fp16")
+        assert load_profile(_write(tmp_path, fp16)).precision_chain() == ["fp16"]
+        msg = _load_error(_write(tmp_path, fp16.replace("threads: 2", "threads: 1")))
+        assert "field 'precision': fp16 is not built for toy: toy does not build it; use fp32" in msg, msg
+    finally:
+        backends.unregister("toy")

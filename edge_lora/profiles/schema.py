@@ -235,8 +235,9 @@ class TargetProfile(_Document):
                 data["nms_iou"] = _DEFAULT_NMS_IOU
         return data
 
-    @model_validator(mode="after")
-    def _cross_field(self) -> TargetProfile:
+    def _cross_field(self) -> None:
+        # Called by _registered_sections once every section is in place (a backend's precisions and checks
+        # may read its section, which for a registered backend's own is not a field).
         problems: list[tuple[str, str]] = []
 
         def add(path: str, msg: str) -> None:
@@ -307,7 +308,6 @@ class TargetProfile(_Document):
                 f"{self.bench.timed_runs} runs cannot give a p99; use at least 100 with gates.max_p99_ms set",
             )
         raise_if(problems)
-        return self
 
     @model_validator(mode="wrap")
     @classmethod
@@ -315,9 +315,10 @@ class TargetProfile(_Document):
         cls, data: Any, handler: ModelWrapValidatorHandler[TargetProfile]
     ) -> TargetProfile:
         """The settings section of a registered backend that is not a field here (``toy:``), validated with
-        the model its spec names and kept beside the fields (dumped with them, see :meth:`_dump`)."""
+        the model its spec names and kept beside the fields (dumped with them, see :meth:`_dump`); then the
+        checks that need the whole profile (:meth:`_cross_field`)."""
         if not isinstance(data, dict):
-            return handler(data)
+            return handler(data)  # an instance is validated already; anything else fails in the handler
         data = dict(data)
         extra = {name: data.pop(name) for name in _extra_sections() if name in data}
         backend = data.get("backend")
@@ -343,6 +344,7 @@ class TargetProfile(_Document):
                 ]
         raise_if(problems)
         profile._sections = sections
+        profile._cross_field()
         return profile
 
     @model_serializer(mode="wrap")
@@ -517,7 +519,7 @@ def _describe(err: Mapping[str, Any], root: type[BaseModel]) -> str:
             return "extends only works in a profile file (it is resolved when the file is loaded)"
         allowed = field_names_at(root, loc)
         if root is TargetProfile and len(loc) == 1:
-            allowed = sorted([*allowed, "extends", *_extra_sections()])
+            allowed = [*sorted([*allowed, *_extra_sections()]), "extends"]
         return unknown_key(loc[-1], allowed)
     if kind == "missing":
         return "required but missing"
