@@ -384,3 +384,78 @@ def test_export_result_serialises_paths_relative_to_its_folder(tmp_path):
     assert art["details"]["sample"] == "/data/x.jpg" and art["path_details"] == ["build_plan"]
     shutil.move(a, tmp_path / "b")
     assert ExportResult.from_dict(relative, tmp_path / "b").to_dict() == result(tmp_path / "b").to_dict()
+
+
+def test_stage_results_serialise_as_the_single_module_build_wrote_them(tmp_path):
+    """A cache written before build/ became a package is reused, never misread: each stage's ``done.json``
+    result keeps its keys, with paths relative to the stage folder."""
+    from edge_lora.build.stages import Merged, Reference, Validated
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    merged = Merged(a / "merged.pt", "f" * 64, 1e-6)
+    assert merged.to_json(a) == {"merged": "merged.pt", "sha256": "f" * 64, "parity_max_rel": 1e-6}
+    assert Merged.from_json(merged.to_json(a), b) == Merged(b / "merged.pt", "f" * 64, 1e-6)
+    assert Reference(a / "unmerged.onnx").to_json(a) == {"path": "unmerged.onnx"}
+    assert Reference.from_json({"path": "unmerged.onnx"}, b).path == b / "unmerged.onnx"
+    old = {"passed": True, "verdict": "PASS", "json": "validation.json", "md": "report.md"}
+    assert Validated(True, a / "validation.json", a / "report.md").to_json(a) == old
+    assert Validated.from_json(old, b) == Validated(True, b / "validation.json", b / "report.md")
+
+
+def test_timed_stages_report_and_record_each_stage(tmp_path):
+    from edge_lora.build.cache import StageCache, TimedStages
+
+    events: list[tuple[str, dict]] = []
+    stages = TimedStages(StageCache(tmp_path), lambda kind, d: events.append((kind, d)))
+    records: list = []
+    for _ in range(2):
+        folder, result = stages.run("export:cpu", {"k": 1}, lambda tmp: {"verdict": "2 artifacts"}, records)
+    assert folder.parent == tmp_path / "export" and result == {"verdict": "2 artifacts"}
+    assert [r.cached for r in records] == [False, True] and records[0].verdict == "2 artifacts"
+    assert [k for k, _ in events] == ["stage_start", "stage_end"] * 2
+    assert events[0][1] == {"stage": "export:cpu"} and events[1][1]["name"] == "export:cpu"
+
+
+def test_on_device_steps_come_from_the_backend_registry():
+    """The TensorRT engine build step is the registry's device_step, not an ``if backend == ...``."""
+    from edge_lora.backends import get
+    from edge_lora.build import on_device_steps
+    from edge_lora.profiles import load_profile
+
+    jetson = load_profile("jetson-orin-nano")
+    assert on_device_steps(jetson, proxy=True)[0] == get(jetson.backend).device_step
+    assert "proxy" in on_device_steps(jetson, proxy=True)[-1]
+    cpu = on_device_steps(load_profile("cpu-onnxruntime"), proxy=False)
+    assert len(cpu) == 1 and cpu[0].startswith("edge-lora build --on-device")
+
+
+def test_precision_choice_stops_at_the_first_pass_or_picks_the_fastest_with_auto(tmp_path, monkeypatch):
+    """A precision chain ships its first passing precision and validates no further; ``auto`` validates
+    every precision and ships the fastest passing one."""
+    from types import SimpleNamespace
+
+    import edge_lora.build.choose as choose
+    from edge_lora.build.stages import Validated
+
+    speed = {"int8": 2.0, "fp32": 1.0}  # model p50 ms: here fp32 is the faster
+    monkeypatch.setattr(Validated, "report_doc", property(lambda self: {}))
+    monkeypatch.setattr("edge_lora.validate.compare.ValidationReport.from_dict", lambda doc: doc)
+    monkeypatch.setattr(
+        choose,
+        "candidate_row",
+        lambda art, v, rep, doc: {**art, "passed": v.passed, "model_p50_ms": speed[art["precision"]]},
+    )
+    tried: list[str] = []
+
+    def validate_one(art: dict) -> Validated:
+        tried.append(art["precision"])
+        return Validated(True, tmp_path / "v.json", tmp_path / "r.md")
+
+    arts = [{"precision": p} for p in ("fp32", "int8")]
+    chain = SimpleNamespace(precision="int8", precision_chain=lambda: ["int8", "fp32"])
+    candidates, chosen = choose.choose_precision(chain, arts, validate_one)
+    assert tried == ["int8"] and chosen["precision"] == "int8" and len(candidates) == 1
+    tried.clear()
+    auto = SimpleNamespace(precision="auto", precision_chain=lambda: [])
+    candidates, chosen = choose.choose_precision(auto, arts, validate_one)
+    assert tried == ["int8", "fp32"] and chosen["precision"] == "fp32"
