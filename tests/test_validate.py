@@ -184,3 +184,19 @@ def test_end2end_parity_pairs_rows_not_positions():
     other_class[0, 1, 5] = 0  # a different class never pairs
     r, _ = paired_detection_rows(ref, other_class, conf=0.25)
     assert r.shape == (1, 6)
+
+
+def test_validate_takes_exactly_one_reference(tmp_path, demo_data):
+    """The comparator builds no reference itself: the caller passes a runner or an exported artifact."""
+    from edge_lora.validate.reference import TorchReferenceRunner
+
+    kwargs = {"data": demo_data.line_b_yaml, "target": _profile(tmp_path)}
+    with pytest.raises(InputError, match="needs one reference"):
+        validate(tmp_path / "model.onnx", **kwargs)
+    with pytest.raises(InputError, match="needs one reference"):
+        validate(
+            tmp_path / "model.onnx",
+            **kwargs,
+            reference=TorchReferenceRunner(tmp_path / "base.pt"),  # loads nothing until activated
+            reference_artifact=tmp_path / "ref.onnx",
+        )
