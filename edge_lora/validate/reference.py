@@ -20,18 +20,6 @@ if TYPE_CHECKING:
     from edge_lora.profiles import TargetProfile
 
 
-def torch_reference(
-    base: str | Path, adapter: str | Path | None = None, *, target: TargetProfile, threads: int | None = None
-) -> TorchReferenceRunner:
-    """The unmerged PyTorch reference for ``validate(reference=...)``: ``base`` (+ ``adapter``) at the
-    resolved ``target`` profile's imgsz and max_det. Nothing is loaded until validation activates it.
-
-    Host side: ``validate()`` itself is device-side and never imports this module; the CLI's
-    ``validate --reference BASE.pt``, ``build()`` and the benchmarks build the runner here and pass it in.
-    """
-    return TorchReferenceRunner(base, adapter, imgsz=target.imgsz, max_det=target.max_det, threads=threads)
-
-
 class TorchReferenceRunner(Runner):
     """Runs ``base`` (+ ``adapter``, unmerged LoRA branches) in PyTorch FP32 on the CPU.
 
@@ -66,7 +54,8 @@ class TorchReferenceRunner(Runner):
     @property
     def identity(self) -> tuple[str, ...]:
         """What this reference is, for validate()'s reference-pass cache keys (full paths, not names)."""
-        return ("torch", str(self.base), str(self.adapter), str(self.end2end), str(self.threads))
+        settings = (self.imgsz, self.max_det, self.end2end, self.threads)
+        return ("torch", str(self.base), str(self.adapter), *map(str, settings))
 
     def activate_impl(self) -> None:
         import torch
@@ -110,6 +99,18 @@ class TorchReferenceRunner(Runner):
             y = self.model(torch.from_numpy(np.ascontiguousarray(feed["images"])))
         y = y[0] if isinstance(y, (list, tuple)) else y
         return {"output0": y.float().numpy().copy()}
+
+
+def torch_reference(
+    base: str | Path, adapter: str | Path | None = None, *, target: TargetProfile, threads: int | None = None
+) -> TorchReferenceRunner:
+    """The unmerged PyTorch reference for ``validate(reference=...)``: ``base`` (+ ``adapter``) at the
+    resolved ``target`` profile's imgsz and max_det. Nothing is loaded until validation activates it.
+
+    Host side: ``validate()`` itself is device-side and never imports this module; the CLI's
+    ``validate --reference BASE.pt``, ``build()`` and the benchmarks build the runner here and pass it in.
+    """
+    return TorchReferenceRunner(base, adapter, imgsz=target.imgsz, max_det=target.max_det, threads=threads)
 
 
 def configure_export_head(model, imgsz: int, end2end: bool | None, max_det: int) -> None:
