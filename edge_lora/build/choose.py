@@ -8,9 +8,12 @@ validates no further; ``precision: auto`` validates every built precision and sh
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge_lora.build.stages import Validated
+
+if TYPE_CHECKING:
+    from edge_lora.profiles import TargetProfile
 
 #: What ``auto`` validates first: the precisions most likely to be fastest.
 AUTO_ORDER = ("int8", "fp16", "bf16", "fp32")
@@ -27,7 +30,7 @@ SUMMARY_KEYS = (
 )
 
 
-def validation_order(profile: Any, artifacts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def validation_order(profile: TargetProfile, artifacts: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The exported artifacts in the order they are validated (unknown precisions last)."""
     order = list(AUTO_ORDER) if profile.precision == "auto" else profile.precision_chain()
     return sorted(artifacts, key=lambda a: order.index(a["precision"]) if a["precision"] in order else 9)
@@ -57,7 +60,7 @@ def candidate_row(
 
 
 def choose_precision(
-    profile: Any,
+    profile: TargetProfile,
     artifacts: list[dict[str, Any]],
     validate_one: Callable[[dict[str, Any]], Validated],
     on_first: Callable[[Any], None] = lambda _report: None,

@@ -9,10 +9,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge_lora.errors import InputError, ReferenceAccuracyError
 from edge_lora.fileio import sha256_file
+
+if TYPE_CHECKING:
+    from edge_lora.data.checks import DataSpec
+    from edge_lora.profiles import TargetProfile
 
 #: The unmerged reference must score at least this share of the mAP50-95 the adapter recorded at training
 #: (Ultralytics' validator, same val split). A reference far below it is a misconfigured build (another
@@ -42,7 +46,7 @@ class AdapterInput:
 class TargetInput:
     """One resolved target profile (``--set``/``--precision`` applied) and what resolving it said."""
 
-    profile: Any  # TargetProfile
+    profile: TargetProfile
     message: str | None
 
 
@@ -53,7 +57,7 @@ class BuildInputs:
     base: Path
     base_sha: str
     data: Path
-    spec: Any  # DataSpec of the data YAML
+    spec: DataSpec  # of the data YAML
     data_hash: dict[str, str]
     adapters: list[AdapterInput]
     targets: list[TargetInput]
@@ -130,8 +134,8 @@ def _adapter(adapter: Path, names: dict[int, str], data: Path) -> AdapterInput:
 
 
 def fit_imgsz(
-    profile: Any, trained_imgsz: int | None, user_set: bool, adapter: str
-) -> tuple[Any, str | None]:
+    profile: TargetProfile, trained_imgsz: int | None, user_set: bool, adapter: str
+) -> tuple[TargetProfile, str | None]:
     """The profile at the adapter's training size unless the user set one; and a note saying which and why.
 
     A model validated at another size than it was trained at is a different model (a 320 px adapter scored

@@ -12,12 +12,16 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge_lora.build.cache import TimedStages
 from edge_lora.build.inputs import AdapterInput, BuildInputs
 from edge_lora.build.results import StageRecord
 from edge_lora.fileio import atomic_write_json, sha256_file
+
+if TYPE_CHECKING:
+    from edge_lora.export.api import ExportResult
+    from edge_lora.profiles import TargetProfile
 
 #: ``validation.json`` as ``ValidationReport.from_dict`` reads it: a cache entry from an older format (no
 #: Ultralytics mAP, no samples) is recomputed, never misread. Bump it when that format changes.
@@ -97,7 +101,7 @@ class Reference:
 
 
 def reference_stage(
-    ctx: BuildContext, adapter: AdapterInput, profile: Any, records: list[StageRecord]
+    ctx: BuildContext, adapter: AdapterInput, profile: TargetProfile, records: list[StageRecord]
 ) -> Reference:
     """Export the unmerged model at the profile's input size and output form."""
     inputs = ctx.inputs
@@ -134,7 +138,7 @@ def reference_stage(
 class Exported:
     """Every precision the profile builds from the merged model (an ``ExportResult``), with paths resolved."""
 
-    result: Any  # edge_lora.export.api.ExportResult
+    result: ExportResult
 
     @property
     def artifacts(self) -> list[dict[str, Any]]:
@@ -163,7 +167,9 @@ class Exported:
         return cls(ExportResult.from_dict(doc, folder))
 
 
-def export_stage(ctx: BuildContext, merged: Merged, profile: Any, records: list[StageRecord]) -> Exported:
+def export_stage(
+    ctx: BuildContext, merged: Merged, profile: TargetProfile, records: list[StageRecord]
+) -> Exported:
     """Export and quantize the merged model for the profile (INT8 calibration inside)."""
     inputs = ctx.inputs
 
@@ -211,7 +217,7 @@ class Validated:
 def validate_stage(
     ctx: BuildContext,
     adapter: AdapterInput,
-    profile: Any,
+    profile: TargetProfile,
     artifact: dict[str, Any],
     records: list[StageRecord],
 ) -> Validated:

@@ -11,12 +11,15 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge_lora import backends
 from edge_lora.build.choose import SUMMARY_KEYS
 from edge_lora.build.inputs import AdapterInput
 from edge_lora.build.results import StageRecord
+
+if TYPE_CHECKING:
+    from edge_lora.profiles import TargetProfile
 
 
 @dataclass(frozen=True)
@@ -44,7 +47,7 @@ class BundleContent:
     base_sha: str
     merged_sha: str
     unmerged: Path
-    profile: Any
+    profile: TargetProfile
     names: dict[int, str]
     calibration: Path | None
     candidates: list[dict[str, Any]]
@@ -70,7 +73,7 @@ def bundle_files_for(artifact: dict[str, Any]) -> tuple[dict[str, Path], str, li
     return backends.get(artifact["backend"]).bundle_files(Path(artifact["path"]))
 
 
-def on_device_steps(profile: Any, proxy: bool) -> list[str]:
+def on_device_steps(profile: TargetProfile, proxy: bool) -> list[str]:
     """What the bundle's README tells the device to run: the backend's device build, then validation."""
     steps = []
     device_step = backends.get(profile.backend).device_step  # e.g. a TensorRT engine for this GPU
@@ -86,7 +89,7 @@ def on_device_steps(profile: Any, proxy: bool) -> list[str]:
     return steps
 
 
-def _artifact_entry(shown: dict[str, Any], profile: Any, art_path: str, outputs: list[str]) -> dict:
+def _artifact_entry(shown: dict[str, Any], profile: TargetProfile, art_path: str, outputs: list[str]) -> dict:
     return {
         "path": art_path,
         "backend": shown["backend"],
