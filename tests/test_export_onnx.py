@@ -20,8 +20,10 @@ from onnx import numpy_helper
 from edge_lora.errors import InputError, ModelError, OutputExistsError, ProfileError, ToolError
 from edge_lora.export.artifact import read_sidecar, sidecar_path, verify_sidecar, write_sidecar
 from edge_lora.export.calibration import StaleCalibrationError, assert_fresh, select_calibration
-from edge_lora.export.onnx_export import export_onnx, no_runtime_installs, run_onnx
-from edge_lora.export.ort_qdq import quantize_qdq
+from edge_lora.export.onnx.exporter import export_onnx
+from edge_lora.export.onnx.graph import run_onnx
+from edge_lora.export.onnx.qdq import quantize_qdq
+from edge_lora.export.onnx.ultralytics_export import no_runtime_installs
 from edge_lora.export.policy import QuantPolicy, find_detect_head, nodes_to_keep_float, plan
 from edge_lora.profiles import CalibRecipe, load_profile
 from edge_lora.runtime.prepost import preprocess
@@ -395,8 +397,8 @@ def test_onnxruntime_u8s8_quantizes_conv_only_with_uint8_activations(qdq_u8):
 def test_histogram_calibration_is_fed_in_chunks(tmp_path, onnx26, calib, qdq_u8, monkeypatch):
     """Percentile/entropy calibrators hold every activation they are given: edge-lora feeds them in chunks
     (ONNX Runtime's strided calibration) so memory is bounded by a chunk, not the calibration set."""
-    from edge_lora.export import ort_qdq
     from edge_lora.export.calibration import OrtCalibrationReader
+    from edge_lora.export.onnx import qdq as ort_qdq
 
     assert [ort_qdq.histogram_chunk(n, 16) for n in (300, 4, 7, 17)] == [15, 4, 7, 1]
     reader = OrtCalibrationReader(calib, "images", IMGSZ26)
@@ -544,7 +546,7 @@ def test_float_nodes_get_their_own_copy_of_shared_initializers(tmp_path):
     """onnxslim merges equal initializers; a float node must not read one the quantizer will quantize."""
     from onnx import TensorProto, helper
 
-    from edge_lora.export.ort_qdq import _unshare_float_initializers
+    from edge_lora.export.onnx.qdq import _unshare_float_initializers
 
     w = numpy_helper.from_array(np.ones((2, 2, 1, 1), np.float32), "w")
     b = numpy_helper.from_array(np.zeros(2, np.float32), "b")

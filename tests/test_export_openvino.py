@@ -18,14 +18,11 @@ from conftest import lively_checkpoint
 
 from edge_lora.errors import InputError, OutputExistsError
 from edge_lora.export.calibration import select_calibration
-from edge_lora.export.onnx_export import export_onnx, run_onnx
-from edge_lora.export.openvino_export import (
-    AccuracyControl,
-    IgnoredOps,
-    export_openvino,
-    head_postprocess_ops,
-    quantization_stats,
-)
+from edge_lora.export.onnx.exporter import export_onnx
+from edge_lora.export.onnx.graph import run_onnx
+from edge_lora.export.openvino.exporter import export_openvino
+from edge_lora.export.openvino.ir import quantization_stats
+from edge_lora.export.openvino.quantize import AccuracyControl, IgnoredOps, head_postprocess_ops
 from edge_lora.profiles import CalibRecipe, OpenVinoSettings, load_profile
 from edge_lora.runtime.openvino_rt import OpenVinoRunner
 from edge_lora.runtime.prepost import preprocess
@@ -323,7 +320,7 @@ def test_refusals(tmp_path, fp32_onnx, exports, calib):
 
 def test_accuracy_aware_images_come_from_train_by_default(demo_data):
     """The val split gates the build, so accuracy-aware INT8 tunes on other images unless told otherwise."""
-    from edge_lora.export.accuracy import labelled_images
+    from edge_lora.export.openvino.accuracy import labelled_images
     from edge_lora.profiles import load_recipe
 
     assert load_recipe("default").validation_split == "train"

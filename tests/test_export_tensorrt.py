@@ -25,7 +25,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from edge_lora.errors import InputError, ModelError, OutputExistsError, ProfileError, ToolError
-from edge_lora.export.tensorrt_export import prepare_tensorrt
+from edge_lora.export.tensorrt.prepare import prepare_tensorrt
 from edge_lora.fileio import sha256_file
 from edge_lora.profiles import CalibRecipe, load_profile
 from edge_lora.runtime.tensorrt_engine import NO_TENSORRT, build_engine, jetpack_release
@@ -43,7 +43,7 @@ def _profile(name: str, **overrides):
 
 @pytest.fixture(scope="module")
 def fp32_onnx(tmp_path_factory, base_ckpt) -> Path:
-    from edge_lora.export.onnx_export import export_onnx
+    from edge_lora.export.onnx.exporter import export_onnx
 
     out = tmp_path_factory.mktemp("trt_src") / "model.onnx"
     return export_onnx(base_ckpt, out, imgsz=IMGSZ, end2end=True).path
@@ -52,7 +52,7 @@ def fp32_onnx(tmp_path_factory, base_ckpt) -> Path:
 @pytest.fixture(scope="module")
 def qdq_onnx(tmp_path_factory, fp32_onnx, demo_data) -> Path:
     from edge_lora.export.calibration import select_calibration
-    from edge_lora.export.ort_qdq import quantize_qdq
+    from edge_lora.export.onnx.qdq import quantize_qdq
     from edge_lora.export.policy import QuantPolicy
 
     recipe = CalibRecipe.model_validate(
@@ -545,7 +545,7 @@ def _has_cuda_tensorrt() -> bool:
 def test_build_and_run_engine_on_device(plans, tmp_path, demo_data):
     import cv2
 
-    from edge_lora.export.onnx_export import run_onnx
+    from edge_lora.export.onnx.graph import run_onnx
     from edge_lora.runtime.prepost import preprocess
     from edge_lora.runtime.tensorrt_rt import TensorRtRunner
     from edge_lora.validate.parity import detection_parity
@@ -570,7 +570,7 @@ def test_host_and_device_sides_stay_light(tmp_path, fp32_onnx, plans):
     NNCF and onnx unimportable, and no import statement in it (lazy ones too) names them."""
     host = f"""
 import sys
-from edge_lora.export.tensorrt_export import prepare_tensorrt
+from edge_lora.export.tensorrt.prepare import prepare_tensorrt
 from edge_lora.profiles import load_profile
 profile = load_profile("nvidia-gpu").with_overrides({{"imgsz": {IMGSZ}}})
 prepare_tensorrt({str(fp32_onnx)!r}, {str(tmp_path / "plan")!r}, profile)

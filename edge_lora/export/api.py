@@ -190,7 +190,7 @@ def _export_into(
     data: Path | None,
     calib: str | Path | None,
 ) -> ExportResult:
-    from edge_lora.export.onnx_export import export_onnx
+    from edge_lora.export.onnx.exporter import export_onnx
 
     out = tmp
     t0 = time.perf_counter()
@@ -249,8 +249,8 @@ def _export_into(
 def _accuracy_control(profile, data: Path | None, calib_set):
     """NNCF accuracy-aware INT8 bounded by the profile's max mAP drop, scored by our evaluator on labelled
     images of the recipe's validation_split (train by default: the gate's val images stay unseen)."""
-    from edge_lora.export.accuracy import labelled_images, map_validation_fn
-    from edge_lora.export.openvino_export import AccuracyControl
+    from edge_lora.export.openvino.accuracy import labelled_images, map_validation_fn
+    from edge_lora.export.openvino.quantize import AccuracyControl
 
     if data is None:
         raise InputError(f"{profile.name} asks for accuracy-aware INT8: pass --data (labelled images)")
@@ -272,7 +272,7 @@ def _accuracy_control(profile, data: Path | None, calib_set):
 
 def _qdq(profile, fp32_onnx: Path, out_path: Path, calib_set, model: Path, model_sha: str):
     """INT8 QDQ under the profile's quantization policy (u8s8 for ORT on x86, s8s8 for TensorRT)."""
-    from edge_lora.export.ort_qdq import quantize_qdq
+    from edge_lora.export.onnx.qdq import quantize_qdq
     from edge_lora.export.policy import QuantPolicy
 
     return quantize_qdq(
@@ -346,7 +346,7 @@ def export_onnxruntime(job: ExportJob) -> Artifact:
 
 def export_openvino_ir(job: ExportJob) -> Artifact:
     """OpenVINO IR: FP16 compressed, FP32 (computed in bf16 for bf16), NNCF INT8 (accuracy-aware if asked)."""
-    from edge_lora.export.openvino_export import export_openvino
+    from edge_lora.export.openvino.exporter import export_openvino
 
     profile, precision, calib_set = job.profile, job.precision, job.calib_set
     sample = _check_images(job.data, 1)
@@ -374,7 +374,7 @@ def export_openvino_ir(job: ExportJob) -> Artifact:
 
 def export_tensorrt_plan(job: ExportJob) -> Artifact:
     """TensorRT: the ONNX the device builds its engine from (S8S8 QDQ for INT8), build_plan.json, trtexec.sh."""
-    from edge_lora.export.tensorrt_export import prepare_tensorrt
+    from edge_lora.export.tensorrt.prepare import prepare_tensorrt
 
     profile, precision, out = job.profile, job.precision, job.out
     source = job.fp32_onnx

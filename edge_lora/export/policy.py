@@ -3,7 +3,7 @@
 Kept out of the exporters on purpose (the Ultralytics exporter buries this inside its format methods, where it
 cannot be tested alone). A :class:`QuantPolicy` is plain data taken from a target profile's ``quantization``
 section; :func:`plan` applies it to an ONNX graph and says, node by node, what stays float. The exporters
-(``ort_qdq``, ``tensorrt_export``) only translate the policy into their tool's options.
+(``onnx.qdq``, ``tensorrt.prepare``) only translate the policy into their tool's options.
 
 What stays float, and why:
 

@@ -254,7 +254,7 @@ def quantize_qdq(
     """Quantize an FP32 ONNX detector to INT8 QDQ with ONNX Runtime, under ``policy``.
 
     Args:
-        fp32_onnx: the FP32 graph from :func:`~edge_lora.export.onnx_export.export_onnx`.
+        fp32_onnx: the FP32 graph from :func:`~edge_lora.export.onnx.exporter.export_onnx`.
         out_path: the ``.onnx`` to write.
         calib: a :class:`CalibrationSet` or its folder (loaded and hash-checked).
         policy: the quantization policy (``QuantPolicy.from_profile(profile)``).
@@ -500,7 +500,7 @@ def _run_quantize_static(
 def _agreement(
     fp32: onnx.ModelProto, qdq: onnx.ModelProto, calib: CalibrationSet, hw: tuple[int, int], batch: int
 ) -> dict[str, float]:
-    from edge_lora.export.onnx_export import run_onnx
+    from edge_lora.export.onnx.graph import run_onnx
 
     feed = next(calib.batches(hw, batch, drop_last=batch > 1))
     ref, ref_dec = run_onnx(fp32, feed, decoded=True)

@@ -64,9 +64,17 @@ def detection_parity(
         return ParityResult(
             inf, inf, tolerance, end2end=end2end, matching="shape", unmatched=1, images=images
         )
-    if not np.isfinite(got).all():
+    n_nonfinite = int(np.count_nonzero(~np.isfinite(got)))
+    if n_nonfinite:  # counted, so that even an infinite tolerance fails it
         return ParityResult(
-            inf, inf, tolerance, end2end=end2end, matching="position", unmatched=0, images=images
+            inf,
+            inf,
+            tolerance,
+            n_nonfinite=n_nonfinite,
+            end2end=end2end,
+            matching="position",
+            unmatched=0,
+            images=images,
         )
     if not end2end:
         return _raw(ref, got, tolerance, images)
