@@ -1,7 +1,7 @@
 """The TensorRT build plan format: what the build host writes and the device builds from.
 
 One job: define the plan folder both sides agree on, so neither needs the other's code. The host
-(:func:`edge_lora.export.tensorrt_export.prepare_tensorrt`) writes it, the device
+(:func:`edge_lora.export.tensorrt.prepare.prepare_tensorrt`) writes it, the device
 (:func:`edge_lora.runtime.tensorrt_engine.build_engine`) reads it::
 
     plan_dir/model.onnx        the graph the engine is built from (FP16/FP32: the FP32 ONNX; INT8: the
@@ -78,7 +78,7 @@ Precision = Literal["fp32", "fp16", "int8"]
 # ------------------------------------------------------------------------------------------------- plan
 @dataclass(frozen=True)
 class TensorRtPlan:
-    """A plan folder written by :func:`~edge_lora.export.tensorrt_export.prepare_tensorrt` (or read back
+    """A plan folder written by :func:`~edge_lora.export.tensorrt.prepare.prepare_tensorrt` (or read back
     with :meth:`load`).
 
     Attributes:
@@ -197,7 +197,7 @@ def build_settings(
     """
     if precision == "int8" and not has_qdq:
         raise InputError(
-            "int8 on TensorRT is built from the S8S8 QDQ ONNX (edge_lora.export.ort_qdq.quantize_qdq with the "
+            "int8 on TensorRT is built from the S8S8 QDQ ONNX (edge_lora.export.onnx.qdq.quantize_qdq with the "
             "profile's quantization policy); implicit INT8 calibration is not supported (removed in TensorRT 11)"
         )
     if precision != "int8" and has_qdq:
