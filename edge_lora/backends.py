@@ -111,7 +111,9 @@ class BackendSpec:
             ``"quantization"`` -> why a profile of a backend without ``qdq_int8`` has no such section).
         title: its name in messages (``"TensorRT"``); ``name`` when empty.
         companions: suffixes of files beside the artifact that belong to it (an OpenVINO IR's ``.bin``):
-            its size counts them.
+            its size and its provenance sidecar count them.
+        int8_hint: what to try when its int8 fails the mAP gate, in the profile's own terms (the bundle's
+            ``report.md`` gives it as the next step); empty: no hint.
     """
 
     name: str
@@ -137,6 +139,7 @@ class BackendSpec:
     why_not: Mapping[str, str] = field(default_factory=dict)
     companions: tuple[str, ...] = ()
     title: str = ""
+    int8_hint: str = ""
 
     def runs_on(self, family: str) -> bool:
         """Whether a device of ``family`` can run it."""
@@ -318,6 +321,9 @@ ONNXRUNTIME = register(
             "fp16": "ONNX Runtime's CPU kernels are fp32/int8, so an fp16 graph runs Cast-wrapped and slower "
             "than fp32"
         },
+        # The int8 hints are what benchmarks/results/int8_sweep.md measured to help.
+        int8_hint="try `quantization.calibrate_method: entropy` or `percentile`, or keep the most sensitive "
+        "blocks float with `quantization.keep_float_nodes` (each costs speed: measure with `precision: auto`)",
     )
 )
 
@@ -348,6 +354,9 @@ OPENVINO = register(
         why_not={
             "quantization": "OpenVINO int8 is done by NNCF; use openvino.nncf_preset and openvino.ignored_op_types"
         },
+        int8_hint="set `openvino.accuracy_aware: true` (NNCF reverts layers until `gates.max_map_drop` holds; "
+        "slow), then pin the layers it reverted (the export's `quantization.float_weighted_ops`) in "
+        "`openvino.keep_float_nodes` and turn it off again for fast rebuilds",
     )
 )
 
@@ -371,5 +380,7 @@ TENSORRT = register(
         families=("jetson", "gpu"),  # an NVIDIA GPU
         settings="edge_lora.profiles.sections:TensorRTSettings",
         profile_checks="edge_lora.profiles.backend_checks:tensorrt_checks",
+        int8_hint="keep sensitive blocks float with `quantization.keep_float_nodes` (TensorRT runs them in "
+        "FP16), or ship the FP16 fallback",
     )
 )

@@ -7,6 +7,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from edge_lora import backends
+
 
 @contextmanager
 def _figure(path: Path, size: tuple[float, float], *, log_x: bool = False) -> Iterator[Any]:
@@ -83,27 +85,21 @@ def _plots(folder: Path, candidates: list[dict[str, Any]], names: dict[int, str]
     return ["latency_cdf.png", "accuracy_vs_latency.png", "per_class_ap.png"]
 
 
-# What to try when INT8 fails the accuracy gate, per backend (measured in benchmarks/results/int8_sweep.md).
-_INT8_ACCURACY_HINTS = {
-    "openvino": "set `openvino.accuracy_aware: true` (NNCF reverts layers until `gates.max_map_drop` holds; "
-    "slow), then pin the layers it reverted (the export's `quantization.float_weighted_ops`) in "
-    "`openvino.keep_float_nodes` and turn it off again for fast rebuilds",
-    "onnxruntime": "try `quantization.calibrate_method: entropy` or `percentile`, or keep the most sensitive "
-    "blocks float with `quantization.keep_float_nodes` (each costs speed: measure with `precision: auto`)",
-    "tensorrt": "keep sensitive blocks float with `quantization.keep_float_nodes` (TensorRT runs them in FP16), "
-    "or ship the FP16 fallback",
-}
+def _spec(profile: Any) -> backends.BackendSpec | None:
+    """The profile's backend spec; None for a backend no longer registered (a report never fails on it)."""
+    return backends.get(profile.backend) if profile.backend in backends.names() else None
 
 
 def _int8_hints(profile: Any, candidates: list[dict[str, Any]]) -> list[str]:
-    """A next step when an INT8 candidate failed the mAP gate (the numbers say by how much)."""
+    """A next step when an INT8 candidate failed the mAP gate (the numbers say by how much): the backend
+    spec's ``int8_hint``, measured in benchmarks/results/int8_sweep.md."""
     lines = []
     for c in candidates:
         if c["precision"] != "int8":
             continue
         checks = c["report"]["gates"]["checks"]
         failed = next((g for g in checks if g["name"] == "max_map_drop" and g.get("passed") is False), None)
-        hint = _INT8_ACCURACY_HINTS.get(profile.backend)
+        hint = spec.int8_hint if (spec := _spec(profile)) is not None else ""
         if failed and hint:
             lines += [
                 "",
@@ -111,6 +107,13 @@ def _int8_hints(profile: Any, candidates: list[dict[str, Any]]) -> list[str]:
                 f"{float(failed['threshold']):.2f}). To keep INT8: {hint}.",
             ]
     return lines
+
+
+def _device_step_line(spec: backends.BackendSpec | None) -> str:
+    """The README's line for what the device builds from the artifact (a TensorRT engine); empty if nothing."""
+    if spec is None or not spec.device_step:
+        return ""
+    return f"{spec.device_step}   # builds the {spec.display} engine for this exact device\n"
 
 
 def _map(value: Any) -> str:
@@ -209,11 +212,7 @@ def write_report(
         "On the device (needs only `pip install edge-lora[runtime]`; no torch):\n\n"
         "```bash\n"
         "edge-lora verify .                       # every hash, the manifest schema\n"
-        + (
-            "edge-lora engine build model/tensorrt   # builds the TensorRT engine for this exact device\n"
-            if profile.backend == "tensorrt"
-            else ""
-        )
+        + _device_step_line(_spec(profile))
         + "edge-lora run . --source /path/to/images --out results.jsonl\n"
         "```\n\nSee `report.md` for accuracy, agreement and latency against the unmerged model.\n"
     )

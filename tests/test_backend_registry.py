@@ -433,3 +433,73 @@ def test_a_backend_reads_its_own_section_while_the_profile_validates(tmp_path):
         assert "field 'precision': fp16 is not built for toy: toy does not build it; use fp32" in msg, msg
     finally:
         backends.unregister("toy")
+
+
+def test_sidecar_files_are_the_artifact_and_its_spec_companions(tmp_path):
+    """``artifact_files`` reads ``BackendSpec.companions``: a toy backend's weights file is hashed and checked."""
+    import dataclasses
+
+    from edge_lora.errors import ModelError
+    from edge_lora.export.artifact import artifact_files, verify_sidecar, write_sidecar
+
+    # The shipped ones are unchanged: an IR brings its .bin, the others are one file (also a folder).
+    for name in ("model.xml", "model.onnx", "model.engine", "model.plan", "model.toy"):
+        (tmp_path / name).write_bytes(b"x")
+    assert artifact_files(tmp_path / "model.xml") == [tmp_path / "model.xml", tmp_path / "model.bin"]
+    assert artifact_files(tmp_path / "model.XML") == [tmp_path / "model.XML", tmp_path / "model.bin"]
+    for name in ("model.onnx", "model.engine", "model.plan", "model.toy"):
+        assert artifact_files(tmp_path / name) == [tmp_path / name]
+    assert artifact_files(tmp_path) == [tmp_path]
+
+    backends.register(dataclasses.replace(TOY, companions=(".weights",)))
+    try:
+        (tmp_path / "model.weights").write_bytes(b"w" * 4)
+        assert artifact_files(tmp_path / "model.toy") == [tmp_path / "model.toy", tmp_path / "model.weights"]
+        write_sidecar(
+            tmp_path / "model.toy",
+            kind="toy",
+            source_checkpoint=None,
+            source_sha256=None,
+            profile=None,
+            precision="fp32",
+            calibration=None,
+        )
+        listed = [f["name"] for f in verify_sidecar(tmp_path / "model.toy")["files"]]
+        assert listed == ["model.toy", "model.weights"]
+        (tmp_path / "model.weights").write_bytes(b"w")
+        with pytest.raises(ModelError, match="model.weights is 1 bytes but was exported as 4 bytes"):
+            verify_sidecar(tmp_path / "model.toy")
+    finally:
+        backends.unregister("toy")
+
+
+def test_report_reads_the_device_step_and_int8_hint_from_the_spec():
+    """The bundle README's device-build line and report.md's INT8 next step come from the backend spec."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from edge_lora.report import _device_step_line, _int8_hints
+
+    # The shipped README lines are unchanged: only TensorRT builds on the device.
+    assert _device_step_line(backends.TENSORRT) == (
+        "edge-lora engine build model/tensorrt   # builds the TensorRT engine for this exact device\n"
+    )
+    assert _device_step_line(backends.ONNXRUNTIME) == _device_step_line(backends.OPENVINO) == ""
+    assert _device_step_line(None) == ""
+    assert all(spec.int8_hint for spec in backends.specs())
+    assert "FP16 fallback" in backends.TENSORRT.int8_hint
+
+    failed = [{"precision": "int8", "report": {"gates": {"checks": [
+        {"name": "max_map_drop", "value": 2.0, "threshold": 1.0, "passed": False}
+    ]}}}]  # fmt: skip
+    toy = SimpleNamespace(backend="toy")
+    assert _int8_hints(toy, failed) == []  # not registered (or no hint): no line, no error
+    backends.register(
+        dataclasses.replace(TOY, device_step="edge-lora toy build model", title="Toy", int8_hint="use fp32")
+    )
+    try:
+        assert _int8_hints(toy, failed)[-1].endswith("To keep INT8: use fp32.")
+        line = _device_step_line(backends.get("toy"))
+        assert line == "edge-lora toy build model   # builds the Toy engine for this exact device\n"
+    finally:
+        backends.unregister("toy")

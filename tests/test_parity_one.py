@@ -183,3 +183,20 @@ def test_old_json_loads_and_keeps_its_keys():
     assert ParityResult.from_dict(json.loads(json.dumps(tensor))) == tensor_parity(ref, cand)
     with pytest.raises(ValueError, match="unknown keys"):
         ParityResult.from_dict({**sidecar, "bogus": 1})
+
+
+def test_validate_pairs_end2end_rows_with_the_parity_package():
+    """validate's row pairing is the parity package's (compare.py re-exports it): rows TopK swapped pair up
+    exactly, so the accumulated parity is zero; a row below the deploy threshold is not compared."""
+    from edge_lora.validate import compare
+    from edge_lora.validate.parity import paired_detection_rows
+
+    assert compare.paired_detection_rows is paired_detection_rows
+    ref, cand = _e2e_pair()
+    r, c = paired_detection_rows(ref, cand, conf=0.25)
+    assert r.shape == c.shape == (2, 6) and r.dtype == np.float32
+    acc = ParityAccumulator()
+    acc.update(r, c)
+    assert acc.result().max_abs == 0.0
+    empty = paired_detection_rows(ref, cand, conf=0.95)
+    assert empty[0].shape == empty[1].shape == (0, 6)

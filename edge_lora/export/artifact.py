@@ -1,10 +1,11 @@
 """Provenance sidecars: ``<artifact>.json`` next to every exported model.
 
-A sidecar says what a file is and where it came from: the artifact's sha256 and size (both files of an
-OpenVINO IR), the source checkpoint and its sha256, the target profile (name and sha256), the precision,
-the calibration record of an INT8 build (see :func:`edge_lora.export.calibration.calibration_record`),
-library versions and a timestamp. :func:`verify_sidecar` re-hashes the files, so a model replaced or
-truncated after export is refused with one clear line.
+A sidecar says what a file is and where it came from: the artifact's sha256 and size (and those of the
+companion files its backend names: both files of an OpenVINO IR), the source checkpoint and its sha256, the
+target profile (name and sha256), the precision, the calibration record of an INT8 build (see
+:func:`edge_lora.export.calibration.calibration_record`), library versions and a timestamp.
+:func:`verify_sidecar` re-hashes the files, so a model replaced or truncated after export is refused with one
+clear line.
 
 Written atomically (temp file and rename), after the artifact itself is in place. Torch-free: the device
 side verifies sidecars too.
@@ -20,6 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edge_lora import backends
 from edge_lora.errors import InputError, ModelError
 from edge_lora.fileio import atomic_write_json, sha256_file
 
@@ -73,11 +75,11 @@ def sidecar_path(artifact_path: str | Path) -> Path:
 
 
 def artifact_files(artifact_path: str | Path) -> list[Path]:
-    """The files that make up an artifact: an OpenVINO ``.xml`` brings its ``.bin``; others are one file."""
+    """The files that make up an artifact: it and the companions its backend names (an OpenVINO ``.xml``
+    brings its ``.bin``); a file no backend loads (an ONNX a TensorRT folder ships too) is one file."""
     p = Path(artifact_path)
-    if p.suffix.lower() == ".xml":
-        return [p, p.with_suffix(".bin")]
-    return [p]
+    spec = backends.for_artifact(p) if not p.is_dir() else None
+    return [p, *(p.with_suffix(s) for s in spec.companions)] if spec is not None else [p]
 
 
 def _profile_entry(profile: TargetProfile | Mapping[str, Any] | None) -> dict[str, Any] | None:

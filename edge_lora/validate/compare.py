@@ -31,12 +31,12 @@ from edge_lora.validate.metrics import (
     LatencyStats,
     ParityAccumulator,
     agreement,
-    box_iou,
     evaluate_detections,
     peak_rss_mb,
     read_yolo_labels,
     speedup,
 )
+from edge_lora.validate.parity import paired_detection_rows  # also importable from here, as before
 
 if TYPE_CHECKING:
     from edge_lora.profiles import TargetProfile
@@ -446,37 +446,6 @@ def validate(
             else "raw outputs, position by position",
         },
     )
-
-
-def paired_detection_rows(
-    reference: np.ndarray, candidate: np.ndarray, *, conf: float, min_iou: float = 0.5
-) -> tuple[np.ndarray, np.ndarray]:
-    """Rows of two end-to-end outputs ``(N, K, 6)`` (x1, y1, x2, y2, score, class) paired for tensor parity.
-
-    TopK orders near-tied scores arbitrarily, so comparing end-to-end outputs position by position mostly
-    measures ordering. Instead every reference row scoring >= ``conf`` (highest first) is paired with the
-    unused candidate row of the same class that overlaps it most (IoU >= ``min_iou``); returns the paired
-    rows stacked as two ``(M, 6)`` float32 arrays. Unpaired rows are the agreement metric's business.
-    """
-    ref_rows, cand_rows = [], []
-    for r, c in zip(np.asarray(reference, np.float32), np.asarray(candidate, np.float32), strict=True):
-        r = r[r[:, 4] >= conf]
-        r = r[np.argsort(-r[:, 4], kind="stable")]
-        if not len(r) or not len(c):
-            continue
-        iou = box_iou(r[:, :4], c[:, :4])
-        iou[r[:, None, 5] != c[None, :, 5]] = -1.0
-        free = np.ones(len(c), dtype=bool)
-        for i in range(len(r)):
-            row = np.where(free, iou[i], -1.0)
-            j = int(row.argmax())
-            if row[j] >= min_iou:
-                free[j] = False
-                ref_rows.append(r[i])
-                cand_rows.append(c[j])
-    if not ref_rows:
-        return np.zeros((0, 6), np.float32), np.zeros((0, 6), np.float32)
-    return np.stack(ref_rows), np.stack(cand_rows)
 
 
 def _label(image: Path) -> Path:

@@ -1,20 +1,24 @@
-"""Detector-output parity: :func:`detection_parity` compares one YOLO output tensor with a reference.
+"""Detector-output parity: :func:`detection_parity` compares one YOLO output tensor with a reference, and
+:func:`paired_detection_rows` pairs end-to-end rows for the tensor parity ``validate`` accumulates.
 
 Raw ``(N, 4 + nc, anchors)`` outputs are compared position by position; end-to-end ``(N, K, 6)`` rows
 (x1, y1, x2, y2, score, class) first row by row, then, if that fails, tie-aware: TopK orders near-equal
 scores differently across runtimes and picks arbitrarily among scores tied at the cut-off, so rows are
 re-matched by class, score and box. The export checks (ONNX Runtime vs PyTorch, OpenVINO IR vs ONNX Runtime,
-TensorRT) judge with it. Device side: numpy; the tie-aware match needs scipy (a host-side dependency; the
-device line's ``validate`` pairs rows itself and never reaches it).
+TensorRT) judge with it. ``validate`` compares two artifacts that may differ by far more than a tolerance
+(an INT8 candidate), so it pairs rows by class and IoU instead (:func:`paired_detection_rows`) and feeds the
+pairs to :class:`~edge_lora.validate.parity.tensor.ParityAccumulator`. Device side: numpy; the tie-aware
+match needs scipy (a host-side dependency; the device line's ``validate`` pairs by IoU and never reaches it).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from edge_lora.validate.matching import box_iou
 from edge_lora.validate.parity.result import ParityResult
 
-__all__ = ["detection_parity"]
+__all__ = ["detection_parity", "paired_detection_rows"]
 
 
 def _box_scale(boxes: np.ndarray) -> float:
@@ -130,3 +134,34 @@ def detection_parity(
         unmatched=unmatched,
         images=images,
     )
+
+
+def paired_detection_rows(
+    reference: np.ndarray, candidate: np.ndarray, *, conf: float, min_iou: float = 0.5
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of two end-to-end outputs ``(N, K, 6)`` (x1, y1, x2, y2, score, class) paired for tensor parity.
+
+    TopK orders near-tied scores arbitrarily, so comparing end-to-end outputs position by position mostly
+    measures ordering. Instead every reference row scoring >= ``conf`` (highest first) is paired with the
+    unused candidate row of the same class that overlaps it most (IoU >= ``min_iou``); returns the paired
+    rows stacked as two ``(M, 6)`` float32 arrays. Unpaired rows are the agreement metric's business.
+    """
+    ref_rows, cand_rows = [], []
+    for r, c in zip(np.asarray(reference, np.float32), np.asarray(candidate, np.float32), strict=True):
+        r = r[r[:, 4] >= conf]
+        r = r[np.argsort(-r[:, 4], kind="stable")]
+        if not len(r) or not len(c):
+            continue
+        iou = box_iou(r[:, :4], c[:, :4])
+        iou[r[:, None, 5] != c[None, :, 5]] = -1.0
+        free = np.ones(len(c), dtype=bool)
+        for i in range(len(r)):
+            row = np.where(free, iou[i], -1.0)
+            j = int(row.argmax())
+            if row[j] >= min_iou:
+                free[j] = False
+                ref_rows.append(r[i])
+                cand_rows.append(c[j])
+    if not ref_rows:
+        return np.zeros((0, 6), np.float32), np.zeros((0, 6), np.float32)
+    return np.stack(ref_rows), np.stack(cand_rows)
