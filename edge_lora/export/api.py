@@ -13,6 +13,7 @@ Layout of ``out``::
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 from edge_lora import backends
 from edge_lora.errors import InputError, ToolError
 from edge_lora.fileio import atomic_output_dir, check_output, sha256_file
+
+_log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from edge_lora.profiles import TargetProfile
@@ -270,22 +273,29 @@ def _accuracy_control(profile, data: Path | None, calib_set):
     )
 
 
-def _qdq(profile, fp32_onnx: Path, out_path: Path, calib_set, model: Path, model_sha: str):
-    """INT8 QDQ under the profile's quantization policy (u8s8 for ORT on x86, s8s8 for TensorRT)."""
+def _qdq(profile, fp32_onnx: Path, out_path: Path, calib_set, model: Path, model_sha: str, data: Path | None):
+    """INT8 QDQ under the profile's quantization policy (u8s8 for ORT on x86, s8s8 for TensorRT); with
+    ``quantization.accuracy_aware``, the fewest convs float that bring it within the INT8 target.
+    Returns the QdqResult and the search record (None without the search)."""
     from edge_lora.export.onnx.qdq import quantize_qdq
     from edge_lora.export.policy import QuantPolicy
 
-    return quantize_qdq(
-        fp32_onnx,
-        out_path,
-        calib_set,
-        QuantPolicy.from_profile(profile),
-        imgsz=profile.imgsz,
-        profile=profile,
-        source_checkpoint=model,
-        source_sha256=model_sha,
-        overwrite=True,
-    )
+    kwargs = dict(imgsz=profile.imgsz, source_checkpoint=model, source_sha256=model_sha, overwrite=True)
+    policy = QuantPolicy.from_profile(profile)
+    if profile.quantization is not None and profile.quantization.accuracy_aware:
+        from edge_lora.export.onnx.accuracy_aware import quantize_accuracy_aware
+
+        return quantize_accuracy_aware(
+            fp32_onnx,
+            out_path,
+            calib_set,
+            policy,
+            profile=profile,
+            data=data,
+            on_progress=_log.info,
+            **kwargs,
+        )
+    return quantize_qdq(fp32_onnx, out_path, calib_set, policy, profile=profile, **kwargs), None
 
 
 @dataclass
@@ -334,13 +344,15 @@ def export_onnxruntime(job: ExportJob) -> Artifact:
     if precision != "int8":
         raise ToolError(f"ONNX Runtime on {profile.name}: {precision} is not built for CPU providers")
     out_path = job.out / "onnxruntime-int8" / "model.onnx"
-    res = _qdq(profile, job.fp32_onnx, out_path, job.calib_set, job.model, job.model_sha)
+    res, search = _qdq(profile, job.fp32_onnx, out_path, job.calib_set, job.model, job.model_sha, job.data)
     details = {
         "quantize_nodes": res.quantize_nodes,
         "quantized_convs": res.quantized_convs,
         "float_convs": res.float_convs,
         "activation_dtype": res.activation_dtype,
     }
+    if search is not None:
+        details["accuracy_aware"] = search
     return Artifact("onnxruntime", "int8", res.path, time.perf_counter() - job.start, details)
 
 
@@ -380,16 +392,19 @@ def export_tensorrt_plan(job: ExportJob) -> Artifact:
     source = job.fp32_onnx
     details: dict[str, Any] = {}
     if precision == "int8":
-        qdq = _qdq(
+        qdq, search = _qdq(
             profile,
             job.fp32_onnx,
             out / "tensorrt-int8-qdq" / "model.onnx",
             job.calib_set,
             job.model,
             job.model_sha,
+            job.data,
         )
         source = qdq.path
         details = {"quantize_nodes": qdq.quantize_nodes, "activation_dtype": qdq.activation_dtype}
+        if search is not None:
+            details["accuracy_aware"] = search
     plan = prepare_tensorrt(
         source, out / f"tensorrt-{precision}", profile, precision=precision, overwrite=True
     )

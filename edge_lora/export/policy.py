@@ -92,6 +92,9 @@ class QuantPolicy:
         float_head_outputs: keep the Detect head's final box/class convs float too.
         float_stem: keep the convs that read the image input float.
         calibrate_method: ``"minmax"``, ``"entropy"`` or ``"percentile"``.
+        float_nodes: exact node names kept float because the accuracy-aware search measured that they
+            carry the INT8 drop (:mod:`edge_lora.export.onnx.mixed_precision`); not from the profile, which
+            only turns the search on.
     """
 
     scheme: Scheme = "u8s8"
@@ -104,11 +107,12 @@ class QuantPolicy:
     float_head_outputs: bool = True
     float_stem: bool = True
     calibrate_method: CalibrateMethod = "minmax"
+    float_nodes: tuple[str, ...] = ()
     _patterns: tuple[re.Pattern[str], ...] = field(default=(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # Frozen dataclass: normalise sequences to tuples so the policy is hashable and JSON-stable.
-        for name in ("op_types", "keep_float_op_types", "keep_float_nodes"):
+        for name in ("op_types", "keep_float_op_types", "keep_float_nodes", "float_nodes"):
             value = getattr(self, name)
             if isinstance(value, str) or not isinstance(value, Iterable):
                 raise InputError(f"quantization policy: {name} must be a list of strings, got {value!r}")
@@ -237,6 +241,8 @@ class QuantPolicy:
         """JSON-able form (recorded in the artifact sidecar)."""
         d = asdict(self)
         d.pop("_patterns", None)
+        if not d["float_nodes"]:  # absent unless the search chose some: older sidecars and keys stay equal
+            d.pop("float_nodes")
         return {k: list(v) if isinstance(v, tuple) else v for k, v in sorted(d.items())}
 
     def sha256(self) -> str:
@@ -277,7 +283,7 @@ class QuantPlan:
         head: the Detect head found in the graph.
         quantizable: nodes of the policy's ``op_types`` that will be quantized (not kept float).
         reasons: why each kept-float node stays float (``postprocess``, ``head_output``, ``stem``,
-            ``op_type``, ``name``); the first reason found wins.
+            ``op_type``, ``name``, ``accuracy_aware``); the first reason found wins.
     """
 
     keep_float: tuple[str, ...]
@@ -392,6 +398,7 @@ def plan(model: onnx.ModelProto | str | Path, policy: QuantPolicy | None = None)
     head_convs = set(head.final_convs) if policy.float_head_outputs else set()
     stem = set(find_stem(proto, policy.op_types)) if policy.float_stem else set()
     keep_float_types = set(policy.keep_float_op_types)
+    accuracy_aware = set(policy.float_nodes)
     reasons: dict[str, str] = {}
     for n in nodes:
         if n.name in post:
@@ -404,6 +411,8 @@ def plan(model: onnx.ModelProto | str | Path, policy: QuantPolicy | None = None)
             reasons[n.name] = "op_type"
         elif policy.matches_keep_float_name(n.name):
             reasons[n.name] = "name"
+        elif n.name in accuracy_aware:
+            reasons[n.name] = "accuracy_aware"
     keep = tuple(n.name for n in nodes if n.name in reasons)
     quantizable = tuple(n.name for n in nodes if n.op_type in policy.op_types and n.name not in reasons)
     return QuantPlan(keep_float=keep, head=head, quantizable=quantizable, reasons=reasons)

@@ -255,6 +255,12 @@ def _check_calibration(profile: TargetProfile, blame: Any) -> None:
     except ProfileError as exc:
         raise ProfileError(f"{blame(('calibration',))}: field 'calibration': {exc}") from None
     assert recipe is not None
+    q = profile.quantization
+    if q is not None and q.accuracy_aware and recipe.validation_images == 0:
+        raise ProfileError(
+            f"{blame(('quantization', 'accuracy_aware'))}: field 'quantization.accuracy_aware': needs a "
+            f"calibration recipe with validation_images > 0; {recipe.name!r} has 0"
+        )
     ov = profile.openvino
     if ov is not None and ov.accuracy_aware and recipe.validation_images == 0:
         raise ProfileError(

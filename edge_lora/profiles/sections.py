@@ -136,6 +136,27 @@ class QuantizationSettings(_Strict):
         description="How activation ranges are computed from the calibration images: 'minmax' (plain "
         "range), 'entropy' (KL-divergence threshold) or 'percentile' (clips outliers).",
     )
+    accuracy_aware: bool = Field(
+        False,
+        description="Accuracy-aware mixed precision: after plain INT8, rank the quantized convs by measured "
+        "sensitivity on the calibration recipe's labelled validation images (validation_split, train by "
+        "default: the val images that gate the build stay unseen) and keep the fewest float until the INT8 "
+        "drop on those images is within target_map_drop (at most max_float_layers). Needs --data and a "
+        "recipe with validation_images > 0; adds a few minutes to the export.",
+    )
+    target_map_drop: float = Field(
+        0.2,
+        ge=0.0,
+        le=100.0,
+        description="accuracy_aware: the INT8 drop (mAP50-95 points, 0-100 scale, vs the FP32 export on the "
+        "validation images) the search aims for. gates.max_map_drop stays the hard gate on the val split.",
+    )
+    max_float_layers: int = Field(
+        8,
+        ge=0,
+        le=64,
+        description="accuracy_aware: at most this many convs kept float (each costs INT8 speed).",
+    )
 
     @field_validator("op_types", "keep_float_op_types")
     @classmethod

@@ -250,6 +250,8 @@ def quantize_qdq(
     source_checkpoint: str | Path | None = None,
     source_sha256: str | None = None,
     write_sidecar: bool = True,
+    calibration_cache: str | Path | None = None,
+    record_extra: Mapping[str, Any] | None = None,
 ) -> QdqResult:
     """Quantize an FP32 ONNX detector to INT8 QDQ with ONNX Runtime, under ``policy``.
 
@@ -266,6 +268,10 @@ def quantize_qdq(
         source_checkpoint / source_sha256: the merged checkpoint; default: from the FP32 graph's sidecar
             (verified), else the FP32 graph's own sha256 stands for the weights.
         write_sidecar: write ``<out_path>.json``.
+        calibration_cache: a JSON file of activation ranges (ONNX Runtime's ``calibration_cache_path``):
+            written by the first call, read instead of calibrating again by the next (same model, set and
+            method; the accuracy-aware export quantizes the same graph twice).
+        record_extra: more entries for the sidecar (e.g. the accuracy-aware search's record).
 
     Raises:
         InputError / ModelError: bad arguments, an already quantized or non-YOLO graph.
@@ -306,7 +312,9 @@ def quantize_qdq(
         profile_sha256 = str(profile["sha256"])
     else:
         # The calibration key names the profile; refuse a policy the profile does not describe.
-        if profile.quantization is not None and QuantPolicy.from_profile(profile) != policy:
+        # The accuracy-aware search's float_nodes are measured, not configured: compare without them.
+        described = dataclasses.replace(policy, float_nodes=())
+        if profile.quantization is not None and QuantPolicy.from_profile(profile) != described:
             raise InputError(
                 f"the quantization policy differs from profile '{profile.name}' (its quantization section); "
                 "pass QuantPolicy.from_profile(profile), or apply overrides to the profile itself"
@@ -321,7 +329,9 @@ def quantize_qdq(
         the_plan = plan(prepared, policy)
         _unshare_float_initializers(prepared, set(the_plan.keep_float))
         quantized = workdir / "quantized.onnx"
-        _run_quantize_static(prepared, quantized, calib_set, policy, the_plan, input_name, hw, batch, method)
+        _run_quantize_static(
+            prepared, quantized, calib_set, policy, the_plan, input_name, hw, batch, method, calibration_cache
+        )
 
         qproto = onnx.load(str(quantized))
         _prune_opsets(qproto)
@@ -374,6 +384,7 @@ def quantize_qdq(
             "directory": str(calib_set.directory),
             "recipe": calib_set.recipe.get("name"),
         }
+        extra.update(record_extra or {})
         extra["metadata"] = {
             k: meta[k] for k in ("imgsz", "end2end", "names", "stride", "batch") if k in meta
         }
@@ -458,6 +469,7 @@ def _run_quantize_static(
     hw: tuple[int, int],
     batch: int,
     method: str,
+    calibration_cache: str | Path | None = None,
 ) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -487,6 +499,7 @@ def _run_quantize_static(
             nodes_to_exclude=list(the_plan.keep_float),
             calibrate_method=getattr(CalibrationMethod, method),
             extra_options=extra,
+            calibration_cache_path=str(calibration_cache) if calibration_cache is not None else None,
         )
     except EdgeLoraError:
         raise  # e.g. a calibration image changed while being read
