@@ -140,6 +140,40 @@ def _gate_rows(checks: list[dict[str, Any]]) -> list[str]:
     return rows
 
 
+def candidate_label(c: dict[str, Any]) -> str:
+    """``backend precision``, plus the variant (``accuracy-aware``) when one INT8 was rebuilt."""
+    label = f"{c['backend']} {c['precision']}"
+    return f"{label} {c['variant']}" if c.get("variant") else label
+
+
+def _accuracy_aware_lines(candidates: list[dict[str, Any]]) -> list[str]:
+    """What the accuracy-aware search kept float, what each conv saved and cost (from the export record)."""
+    lines: list[str] = []
+    for c in candidates:
+        record = (c.get("details") or {}).get("accuracy_aware")
+        if not record:
+            continue
+        n = len(record["float_nodes"])
+        lines += [
+            "",
+            f"## Accuracy-aware INT8 ({candidate_label(c)})",
+            "",
+            f"Searched on {record['images']} labelled {record['split']} images (the val split stays unseen): "
+            f"plain INT8 {-record['int8_drop_points']:+.2f} mAP50-95 points vs FP32, with {n} conv(s) float "
+            f"{-record['drop_points']:+.2f} (target {-record['target_points']:+.2f}, at most "
+            f"{record['max_float_layers']} convs); ONNX Runtime run on the build host "
+            f"{record['int8_latency_ms']:.2f} -> {record['final_latency_ms']:.2f} ms per image "
+            f"({record['trials']} trials, {record['seconds']:.0f} s).",
+        ]
+        if n:
+            lines += ["", "| conv kept float | saved points | host ms after |", "|---|---:|---:|"]
+            lines += [
+                f"| `{s['node']}` | {s['saved_points']:+.2f} | {s['latency_ms']:.2f} |"
+                for s in record["steps"][:n]
+            ]
+    return lines
+
+
 def write_report(
     folder: Path,
     *,
@@ -154,9 +188,7 @@ def write_report(
     plots.mkdir(parents=True, exist_ok=True)
     made = _plots(plots, candidates, names)
     verdict = (
-        f"PASS: ships **{chosen['backend']} {chosen['precision']}**"
-        if chosen
-        else "FAIL: no precision passed the gates"
+        f"PASS: ships **{candidate_label(chosen)}**" if chosen else "FAIL: no precision passed the gates"
     )
     lines = [
         f"# Build report: `{profile.name}`",
@@ -170,7 +202,7 @@ def write_report(
     for c in candidates:
         speedup = f"{c['speedup']:.2f}x" if c["speedup"] else "-"
         lines.append(
-            f"| {c['backend']} {c['precision']} | {_map(c['ref_map50_95'])} | {_map(c['map50_95'])} | "
+            f"| {candidate_label(c)} | {_map(c['ref_map50_95'])} | {_map(c['map50_95'])} | "
             f"{_ultralytics_maps(c)} | {c['agreement_f1']:.3f} | {c['e2e_p50_ms']:.2f} | {c['e2e_p99_ms']:.2f} | "
             f"{c['ref_e2e_p50_ms']:.2f} | {speedup} | {'PASS' if c['passed'] else 'FAIL'} |"
         )
@@ -189,6 +221,7 @@ def write_report(
             "latency gates are skipped here and must be confirmed on the device.",
         ]
     lines += _int8_hints(profile, candidates)
+    lines += _accuracy_aware_lines(candidates)
     lines += [
         "",
         "## Gates of the shipped (or last tried) artifact",

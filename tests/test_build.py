@@ -459,3 +459,63 @@ def test_precision_choice_stops_at_the_first_pass_or_picks_the_fastest_with_auto
     auto = SimpleNamespace(precision="auto", precision_chain=lambda: [])
     candidates, chosen = choose.choose_precision(auto, arts, validate_one)
     assert tried == ["int8", "fp32"] and chosen["precision"] == "fp32"
+
+
+def test_failed_int8_is_retried_accuracy_aware_before_the_fallback(tmp_path, build_cli, built):
+    """INT8 failing its gates is rebuilt with the accuracy-aware search and validated before FP32; both
+    INT8 rows are in the report, with what the search measured."""
+    work = built[0]
+    profile = _profile(tmp_path, name="cpu-strict", min_agreement_f1=0.9999)
+    args = build_cli(
+        profile, tmp_path / "dist", "--json", tmp_path / "b.json", cache=work / "dist" / ".cache"
+    )
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code in (0, 1), res.output
+    assert "trying accuracy-aware INT8" in res.output
+    bundle = json.loads((tmp_path / "b.json").read_text())["bundles"][0]
+    tried = [(c["precision"], c.get("variant")) for c in bundle["candidates"]]
+    assert tried == [("int8", None), ("int8", "accuracy-aware"), ("fp32", None)]
+    assert not bundle["candidates"][0]["passed"]
+    record = bundle["candidates"][1]["details"]["accuracy_aware"]
+    assert record["split"] == "train" and record["images"] == 4
+    report = (Path(bundle["bundle"]) / "report.md").read_text()
+    assert "onnxruntime int8 accuracy-aware" in report and "## Accuracy-aware INT8" in report
+
+
+def test_accuracy_aware_retry_comes_before_slower_precisions(tmp_path, monkeypatch):
+    """choose_precision: a failed plain INT8 asks for the retry once; the retry is validated next, ships if
+    it passes, and is never retried itself."""
+    from types import SimpleNamespace
+
+    import edge_lora.build.choose as choose
+    from edge_lora.build.stages import Validated
+    from edge_lora.profiles import load_profile
+
+    monkeypatch.setattr(Validated, "report_doc", property(lambda self: {}))
+    monkeypatch.setattr("edge_lora.validate.compare.ValidationReport.from_dict", lambda doc: doc)
+    monkeypatch.setattr(choose, "candidate_row", lambda art, v, rep, doc: {**art, "passed": v.passed})
+    verdicts = {("int8", None): False, ("int8", "accuracy-aware"): True, ("fp32", None): True}
+    tried: list[tuple] = []
+
+    def validate_one(art: dict) -> Validated:
+        tried.append((art["precision"], art.get("variant")))
+        return Validated(verdicts[tried[-1]], tmp_path / "v.json", tmp_path / "r.md")
+
+    arts = [{"precision": p} for p in ("fp32", "int8")]
+    chain = SimpleNamespace(precision="int8", precision_chain=lambda: ["int8", "fp32"])
+    retry = lambda: {"precision": "int8", "variant": "accuracy-aware"}  # noqa: E731
+    _, chosen = choose.choose_precision(chain, arts, validate_one, retry_int8=retry)
+    assert tried == [("int8", None), ("int8", "accuracy-aware")] and chosen["variant"] == "accuracy-aware"
+    tried.clear()
+    verdicts[("int8", "accuracy-aware")] = False
+    _, chosen = choose.choose_precision(chain, arts, validate_one, retry_int8=retry)
+    assert (
+        tried == [("int8", None), ("int8", "accuracy-aware"), ("fp32", None)]
+        and chosen["precision"] == "fp32"
+    )
+    tried.clear()
+    _, chosen = choose.choose_precision(chain, arts, validate_one)  # no retry offered: straight to FP32
+    assert tried == [("int8", None), ("fp32", None)]
+    cpu = load_profile("cpu-onnxruntime")
+    assert choose.accuracy_aware_variant(cpu).quantization.accuracy_aware
+    assert choose.accuracy_aware_variant(load_profile("intel-openvino")) is None  # NNCF has its own

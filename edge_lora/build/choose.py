@@ -59,22 +59,41 @@ def candidate_row(
     }
 
 
+def accuracy_aware_variant(profile: TargetProfile) -> TargetProfile | None:
+    """The profile with ``quantization.accuracy_aware`` on, for a retry after plain INT8 failed its gate;
+    None when the profile already searched, builds no QDQ INT8, or its recipe has no labelled images."""
+    from edge_lora import backends
+
+    q = profile.quantization
+    if q is None or q.accuracy_aware or not backends.get(profile.backend).qdq_int8:
+        return None
+    recipe = profile.load_calibration()
+    if recipe is None or not getattr(recipe, "validation_images", 0):
+        return None
+    return profile.with_overrides({"quantization.accuracy_aware": True}, origin="build: INT8 failed its gate")
+
+
 def choose_precision(
     profile: TargetProfile,
     artifacts: list[dict[str, Any]],
     validate_one: Callable[[dict[str, Any]], Validated],
     on_first: Callable[[Any], None] = lambda _report: None,
+    retry_int8: Callable[[], dict[str, Any] | None] = lambda: None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
     """(every candidate tried, the one to ship or None).
 
     ``validate_one(artifact)`` validates one artifact (a cached stage); ``on_first(report)`` sees the first
-    ``ValidationReport``: every candidate of a target shares one reference, judged once.
+    ``ValidationReport``: every candidate of a target shares one reference, judged once. When plain INT8
+    fails its gates, ``retry_int8()`` may return another INT8 artifact (the accuracy-aware one, marked
+    ``variant``), validated next, before any slower precision; both rows stay in the candidates.
     """
     from edge_lora.validate.compare import ValidationReport
 
     auto = profile.precision == "auto"
     candidates: list[dict[str, Any]] = []
-    for artifact in validation_order(profile, artifacts):
+    queue = validation_order(profile, artifacts)
+    while queue:
+        artifact = queue.pop(0)
         validated = validate_one(artifact)
         doc = validated.report_doc
         report = ValidationReport.from_dict(doc)
@@ -83,6 +102,10 @@ def choose_precision(
         candidates.append(candidate_row(artifact, validated, report, doc))
         if validated.passed and not auto:
             return candidates, candidates[-1]
+        if artifact["precision"] == "int8" and not validated.passed and not artifact.get("variant"):
+            retry = retry_int8()
+            if retry is not None:
+                queue.insert(0, retry)
     if not auto:
         return candidates, None
     passing = [c for c in candidates if c["passed"]]

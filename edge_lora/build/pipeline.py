@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_lora.build.cache import Event, StageCache, TimedStages
-from edge_lora.build.choose import choose_precision
+from edge_lora.build.choose import accuracy_aware_variant, choose_precision
 from edge_lora.build.inputs import (
     AdapterInput,
     TargetInput,
@@ -120,12 +120,26 @@ def build_target(
 
     reference = reference_stage(ctx, adapter, profile, records)
     exported = export_stage(ctx, merged, profile, records)
+    searched = accuracy_aware_variant(profile)
+
+    def retry_int8() -> dict[str, Any] | None:
+        if searched is None:
+            return None
+        note = f"{profile.name}: INT8 failed its gates; trying accuracy-aware INT8 (some convs kept float)"
+        notes.append(note)
+        emit("note", {"message": note})
+        (artifact,) = export_stage(ctx, merged, searched, records, precisions=["int8"]).artifacts
+        return {**artifact, "variant": "accuracy-aware"}
+
     candidates, chosen = choose_precision(
         profile,
         exported.artifacts,
         lambda artifact: validate_stage(ctx, adapter, profile, artifact, records),
         on_first=judge_reference,
+        retry_int8=retry_int8,
     )
+    if chosen is not None and chosen.get("variant") == "accuracy-aware" and searched is not None:
+        profile = searched  # the bundle records the profile its artifact was built with
     bundle = write_bundle_for(
         BundleContent(
             out=inputs.out,

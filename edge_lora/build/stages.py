@@ -168,19 +168,28 @@ class Exported:
 
 
 def export_stage(
-    ctx: BuildContext, merged: Merged, profile: TargetProfile, records: list[StageRecord]
+    ctx: BuildContext,
+    merged: Merged,
+    profile: TargetProfile,
+    records: list[StageRecord],
+    precisions: list[str] | None = None,
 ) -> Exported:
-    """Export and quantize the merged model for the profile (INT8 calibration inside)."""
+    """Export and quantize the merged model for the profile (INT8 calibration inside); ``precisions``
+    overrides the profile's chain (the accuracy-aware INT8 retry builds only int8)."""
     inputs = ctx.inputs
 
     def run(tmp: Path) -> dict[str, Any]:
         from edge_lora.export.api import export
 
         return Exported(
-            export(merged.path, profile, tmp / "export", data=inputs.data, overwrite=True)
+            export(
+                merged.path, profile, tmp / "export", data=inputs.data, precisions=precisions, overwrite=True
+            )
         ).to_json(tmp)
 
     key = {"merged": merged.sha256, "profile": profile.sha256(), "data": inputs.data_hash}
+    if precisions is not None:  # only then: earlier caches keep their keys
+        key["precisions"] = list(precisions)
     folder, doc = ctx.stages.run(f"export:{profile.name}", key, run, records)
     return Exported.from_json(doc, folder)
 

@@ -179,7 +179,10 @@ def write_bundle_for(content: BundleContent) -> Path:
         if content.chosen:
             return write_bundle(target, files, fields, overwrite=True, archive=content.archive)
         tried = (
-            ", ".join(f"{c['precision']}: {'PASS' if c['passed'] else 'FAIL'}" for c in content.candidates)
+            ", ".join(
+                f"{c['precision']}{' ' + c['variant'] if c.get('variant') else ''}: {'PASS' if c['passed'] else 'FAIL'}"
+                for c in content.candidates
+            )
             or "nothing exported"
         )
         reason = f"no precision passed the gates of {content.profile.name} ({tried})"
