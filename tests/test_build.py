@@ -467,6 +467,7 @@ def test_failed_int8_is_retried_accuracy_aware_before_the_fallback(tmp_path, bui
     work = built[0]
     # A gate no precision can pass (the speedup), so that every candidate is tried in order.
     profile = _profile(tmp_path, name="cpu-strict", min_speedup=1000.0)
+    profile.write_text(profile.read_text() + "quantization:\n  accuracy_aware: false\n")  # plain INT8 first
     args = build_cli(
         profile, tmp_path / "dist", "--json", tmp_path / "b.json", cache=work / "dist" / ".cache"
     )
@@ -518,5 +519,7 @@ def test_accuracy_aware_retry_comes_before_slower_precisions(tmp_path, monkeypat
     _, chosen = choose.choose_precision(chain, arts, validate_one)  # no retry offered: straight to FP32
     assert tried == [("int8", None), ("fp32", None)]
     cpu = load_profile("cpu-onnxruntime")
-    assert choose.accuracy_aware_variant(cpu).quantization.accuracy_aware
+    assert choose.accuracy_aware_variant(cpu) is None  # the shipped profile searches from the start
+    plain = cpu.with_overrides({"quantization.accuracy_aware": False}, origin="test")
+    assert choose.accuracy_aware_variant(plain).quantization.accuracy_aware
     assert choose.accuracy_aware_variant(load_profile("intel-openvino")) is None  # NNCF has its own
