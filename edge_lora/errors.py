@@ -5,7 +5,7 @@ Everything a user can cause (a wrong path, a bad YAML, a tampered file) raises a
 its ``exit_code``; anything else is a bug and keeps its traceback.
 
 Exit codes: 0 pass, 1 a gate failed, 2 usage or input error, 3 a tool (exporter, runtime) failed,
-4 an output could not be written (no space left on the device).
+4 an output could not be written (no space left on the device), 5 a live source (stream, camera) was lost.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ EXIT_GATE_FAILED = 1
 EXIT_USAGE = 2
 EXIT_TOOL_FAILED = 3
 EXIT_NO_SPACE = 4
+EXIT_SOURCE_LOST = 5
 
 
 class EdgeLoraError(Exception):
@@ -69,6 +70,12 @@ class NoSpaceError(EdgeLoraError):
     """
 
     exit_code = EXIT_NO_SPACE
+
+
+class SourceLostError(EdgeLoraError):
+    """A live source (network stream, GStreamer pipeline, camera) dropped and did not come back in time."""
+
+    exit_code = EXIT_SOURCE_LOST
 
 
 class GateFailed(EdgeLoraError):

@@ -1,13 +1,18 @@
-"""Frame sources of the line runtime: a folder, a glob, an image, a video, a camera, or a watched folder.
+"""Frame sources of the line runtime: a folder, a glob, an image, a video, a watched folder, or a live source
+(a camera, an RTSP/HTTP stream, a GStreamer pipeline).
 
 Each yields ``(frame id, BGR image or None when unreadable)``, so the runtime (:mod:`edge_lora.runtime.line`)
-counts an unreadable frame and goes on instead of crashing. OpenCV and numpy only (torch-free).
+counts an unreadable frame and goes on instead of crashing. Files, folders, globs and video files are read in
+order and every frame is processed; live sources are read by a thread into a bounded queue that drops the
+oldest frame when inference falls behind, and reconnect after an outage (:mod:`edge_lora.runtime.live`).
+OpenCV and numpy only (torch-free).
 """
 
 from __future__ import annotations
 
 import glob
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -17,11 +22,23 @@ import cv2
 import numpy as np
 
 from edge_lora.errors import InputError
+from edge_lora.runtime.live import (
+    LiveSource,
+    StreamStats,
+    check_gstreamer,
+    is_gstreamer_pipeline,
+    is_stream_url,
+    redact,
+)
 
 __all__ = [
     "IMAGE_SUFFIXES",
     "VIDEO_SUFFIXES",
     "Frame",
+    "LiveSource",
+    "StreamStats",
+    "describe_source",
+    "is_live",
     "iter_frames",
     "read_image",
     "watch_frames",
@@ -44,8 +61,6 @@ VIDEO_SUFFIXES = (
     ".webm",
 )
 _GLOB_CHARS = ("*", "?", "[")
-# A camera that fails this many reads in a row is considered gone.
-_CAMERA_MAX_FAILURES = 30
 
 Frame = tuple[str, "np.ndarray | None"]
 
@@ -75,26 +90,17 @@ def _list_images(folder: Path) -> list[str]:
         return sorted(e.name for e in entries if _is_image(Path(e.name)) and e.is_file())
 
 
-def _capture(target: str | int, label: str, camera: bool) -> Iterator[Frame]:
-    cap = cv2.VideoCapture(target)
+def _video(path: str, label: str) -> Iterator[Frame]:
+    """Every frame of a video file, in order (a recording: nothing is dropped)."""
+    cap = cv2.VideoCapture(path)
     try:
         if not cap.isOpened():
-            kind = "camera" if camera else "video"
-            raise InputError(f"cannot open {kind} {target!r}")
-        n, failures = 0, 0
+            raise InputError(f"cannot open video {path!r}")
+        n = 0
         while True:
             ok, frame = cap.read()
             if not ok or frame is None:
-                if not camera:
-                    return  # end of the video
-                failures += 1
-                if failures >= _CAMERA_MAX_FAILURES:
-                    _stderr(f"camera {target}: {failures} failed reads in a row; stopping")
-                    return
-                yield f"{label}#{n}", None
-                n += 1
-                continue
-            failures = 0
+                return  # end of the video
             yield f"{label}#{n}", frame
             n += 1
     finally:
@@ -106,22 +112,75 @@ def _files(paths: list[tuple[str, Path]]) -> Iterator[Frame]:
         yield frame_id, read_image(path)
 
 
-def iter_frames(source: str | int | Path) -> Iterator[Frame]:
+def _camera_index(source: str | int | Path) -> int | None:
+    if isinstance(source, int):
+        return source
+    if isinstance(source, str) and source.isdigit() and not Path(source).exists():
+        return int(source)
+    return None
+
+
+def is_live(source: str | int | Path) -> bool:
+    """Whether ``source`` is read as a live source (camera index, stream URL, GStreamer pipeline)."""
+    if _camera_index(source) is not None or is_stream_url(source):
+        return True
+    return is_gstreamer_pipeline(source) and not Path(str(source)).exists()
+
+
+def describe_source(source: str | int | Path) -> str:
+    """``source`` as it may be logged and stored: a URL without its credentials, a pipeline as "gstreamer"."""
+    text = str(source)
+    if is_stream_url(text):
+        return redact(text)
+    if isinstance(source, str) and is_live(source) and _camera_index(source) is None:
+        return "gstreamer: " + re.sub(r"(\w+://)[^/@\s]+@", r"\1", text)  # an rtspsrc location's login
+    return text
+
+
+def iter_frames(
+    source: str | int | Path,
+    *,
+    queue_size: int = 2,
+    reconnect_timeout_s: float = 30.0,
+    should_stop: Callable[[], bool] = lambda: False,
+    log: Callable[[str], None] = _stderr,
+) -> Iterator[Frame]:
     """Frames of ``source`` as ``(frame id, BGR image or None when unreadable)``.
 
     ``source`` is a folder (its images, sorted by name; ids are the file names), a glob such as
     ``"line/**/*.png"`` (sorted matches; ids are the paths), an image or video file (video ids are
-    ``"name#frame"``), or a camera index (an int, or a string of digits that is not an existing path).
+    ``"name#frame"``); these are read in order and every frame is processed. A live source is a camera index
+    (an int, or a string of digits that is not an existing path; ids ``"camera0#n"``), an ``rtsp://``,
+    ``rtsps://``, ``http://`` or ``https://`` URL (MJPEG or anything FFmpeg reads; ids ``"URL#n"`` without
+    credentials), or a GStreamer pipeline ending in ``appsink`` (a string with ``!``; ids ``"gstreamer#n"``).
+    A live source is a :class:`LiveSource`: a reader thread keeps the newest ``queue_size`` frames (dropping
+    the oldest), reconnects after an outage and gives up after ``reconnect_timeout_s`` seconds without the
+    stream (:class:`~edge_lora.errors.SourceLostError`); ``should_stop`` ends it while it waits for a frame.
     The source is checked here, before the first frame is read.
 
     Raises:
-        InputError: the source does not exist, holds no images, or is not an image or video.
+        InputError: the source does not exist, holds no images, is not an image or video, or is a GStreamer
+            pipeline this OpenCV build cannot run.
     """
-    if isinstance(source, int) or (
-        isinstance(source, str) and source.isdigit() and not Path(source).exists()
-    ):
-        index = int(source)
-        return _capture(index, f"camera{index}", camera=True)
+    index = _camera_index(source)
+    if index is not None or (isinstance(source, str) and is_live(source)):
+        if index is None and not is_stream_url(source):
+            check_gstreamer(str(source))
+        target: str | int = index if index is not None else str(source)
+        if index is not None:
+            label = f"camera{index}"
+        elif is_stream_url(source):
+            label = redact(str(source))
+        else:
+            label = "gstreamer"
+        return LiveSource(
+            target,
+            label=label,
+            queue_size=queue_size,
+            reconnect_timeout_s=reconnect_timeout_s,
+            should_stop=should_stop,
+            log=log,
+        )
     p = Path(source)
     text = str(source)
     if p.is_dir():
@@ -132,7 +191,7 @@ def iter_frames(source: str | int | Path) -> Iterator[Frame]:
     if p.is_file():
         suffix = p.suffix.lower()
         if suffix in VIDEO_SUFFIXES:
-            return _capture(str(p), p.name, camera=False)
+            return _video(str(p), p.name)
         if suffix in IMAGE_SUFFIXES:
             return _files([(text, p)])
         raise InputError(f"source {p}: {suffix or 'no suffix'!r} is neither an image nor a video type")
@@ -142,7 +201,10 @@ def iter_frames(source: str | int | Path) -> Iterator[Frame]:
         if not images:
             raise InputError(f"source {text!r} matches no images")
         return _files([(str(m), m) for m in images])
-    raise InputError(f"source {text!r} is not a folder, image, video, glob or camera index (does it exist?)")
+    raise InputError(
+        f"source {text!r} is not a folder, image, video, glob or camera index, nor a stream URL or GStreamer "
+        "pipeline (does it exist?)"
+    )
 
 
 def watch_frames(

@@ -28,8 +28,12 @@ What it guarantees:
 * Ctrl-C (or SIGTERM) finishes the current frame, then :meth:`LineRuntime.run` returns the summary; a second
   Ctrl-C stops at once.
 
-The frame sources (folder, glob, video, camera, watched folder) are in :mod:`edge_lora.runtime.frames`; their
-names are re-exported here.
+The frame sources (folder, glob, video, watched folder, and the live ones: camera, RTSP/HTTP stream, GStreamer
+pipeline) are in :mod:`edge_lora.runtime.frames`; their names are re-exported here. A live source is read by a
+thread into a bounded queue that drops the oldest frame when inference falls behind, and reconnects after an
+outage; the summary counts the drops and outages (``dropped``, ``outages``, ``outage_s``), and a source that
+does not come back within ``reconnect_timeout_s`` raises :class:`~edge_lora.errors.SourceLostError` with the
+run's summary attached (``err.summary``).
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -49,14 +53,16 @@ import numpy as np
 
 from edge_lora.bundle.manifest import BundleError, Manifest
 from edge_lora.bundle.pack import load_verified
-from edge_lora.errors import InputError
+from edge_lora.errors import InputError, SourceLostError
 from edge_lora.fileio import atomic_write_bytes
 
 # The frame sources moved to runtime/frames.py; `from edge_lora.runtime.line import iter_frames` still works.
 from edge_lora.runtime.frames import (
     IMAGE_SUFFIXES,
     VIDEO_SUFFIXES,
+    StreamStats,
     _stderr,
+    describe_source,
     iter_frames,
     read_image,
     watch_frames,
@@ -94,6 +100,9 @@ class RunSummary:
         latency: ``{"total": LatencyStats, "infer": LatencyStats}`` over the last ``latency_window`` frames
             (``total`` = preprocess + inference + decoding; image decoding excluded, as in validation).
         interrupted: stopped by Ctrl-C/SIGTERM. elapsed_s: wall time of the run.
+        dropped: live source only: frames dropped (oldest first) because inference fell behind.
+        outages: live source only: times the stream was lost. outage_s: seconds without the stream.
+        source_lost: the message of the live source given up on, else None.
     """
 
     bundle: str
@@ -107,6 +116,10 @@ class RunSummary:
     latency_window: int = 0
     interrupted: bool = False
     elapsed_s: float = 0.0
+    dropped: int = 0
+    outages: int = 0
+    outage_s: float = 0.0
+    source_lost: str | None = None
 
     @property
     def passes(self) -> int:
@@ -134,6 +147,10 @@ class RunSummary:
             "interrupted": self.interrupted,
             "elapsed_s": self.elapsed_s,
             "fps": self.frames / self.elapsed_s if self.elapsed_s > 0 else 0.0,
+            "dropped": self.dropped,
+            "outages": self.outages,
+            "outage_s": round(self.outage_s, 3),
+            "source_lost": self.source_lost,
         }
 
 
@@ -205,6 +222,8 @@ class LineRuntime:
         self._fp16 = False
         self._batch = 1
         self._stop = False
+        #: The live source's counters while :meth:`run` reads one (drops, outages), else None.
+        self.live_stats: StreamStats | None = None
 
     # ---------------------------------------------------------------------------------------- lifecycle
     def __enter__(self) -> LineRuntime:
@@ -360,7 +379,10 @@ class LineRuntime:
         poll_s: float = 0.5,
         max_frames: int | None = None,
         idle_timeout_s: float | None = None,
+        queue_size: int = 2,
+        reconnect_timeout_s: float = 30.0,
         log: Callable[[str], None] = _stderr,
+        sinks: Sequence[Any] = (),
     ) -> RunSummary:
         """Process every frame of ``source`` and return the summary.
 
@@ -373,7 +395,16 @@ class LineRuntime:
             poll_s: watch poll interval in seconds.
             max_frames: stop after this many frames (readable or not).
             idle_timeout_s: with ``watch``, stop after this many seconds without a new file.
-            log: where messages (unreadable frames, stopping) go; stderr by default.
+            queue_size: live source: frames waiting for inference; when full the oldest is dropped.
+            reconnect_timeout_s: live source: give up after failing to reconnect for this many seconds.
+            log: where messages (unreadable frames, outages, stopping) go; stderr by default.
+            sinks: more sinks fed every record after its JSON line (objects with ``write(record)``, e.g.
+                :class:`~edge_lora.runtime.mqtt_sink.MqttSink`, :class:`~edge_lora.runtime.metrics.LineMetrics`);
+                the caller opens and closes them.
+
+        Raises:
+            SourceLostError: the live source did not come back within ``reconnect_timeout_s``; the frames
+                read before are processed and written, and ``err.summary`` is the run's summary.
         """
         if max_frames is not None and max_frames < 1:
             raise InputError(f"max_frames must be >= 1, got {max_frames}")
@@ -383,12 +414,19 @@ class LineRuntime:
                 source, poll_s=poll_s, idle_timeout_s=idle_timeout_s, should_stop=lambda: self._stop, log=log
             )
             if watch
-            else iter_frames(source)
+            else iter_frames(
+                source,
+                queue_size=queue_size,
+                reconnect_timeout_s=reconnect_timeout_s,
+                should_stop=lambda: self._stop,
+                log=log,
+            )
         )
+        self.live_stats = getattr(frames, "stats", None)
         annotated_dir = Path(save_annotated) if save_annotated is not None else None
         if annotated_dir is not None:
             annotated_dir.mkdir(parents=True, exist_ok=True)
-        summary = RunSummary(bundle=str(self.bundle_dir), source=str(source))
+        summary = RunSummary(bundle=str(self.bundle_dir), source=describe_source(source))
         total_s: deque[float] = deque(maxlen=self.latency_window)
         infer_s: deque[float] = deque(maxlen=self.latency_window)
         self.activate()
@@ -404,6 +442,8 @@ class LineRuntime:
                         else:
                             record, lat = self._process(image, frame_id)
                             sink.write(record)
+                            for extra in sinks:  # MQTT, metrics (issue 13.4): after the JSON line
+                                extra.write(record)
                             summary.images += 1
                             if record["verdict"] == "reject":
                                 summary.rejects += 1
@@ -422,11 +462,21 @@ class LineRuntime:
                             break
                 except KeyboardInterrupt:
                     summary.interrupted = True
+                summary.interrupted = summary.interrupted or self._stop  # also when stopped between frames
+        except SourceLostError as e:
+            summary.source_lost = str(e)
+            lost = e
+        else:
+            lost = None
         finally:
             close = getattr(frames, "close", None)
             if close is not None:
                 close()
             sink.close()
+            if self.live_stats is not None:
+                summary.dropped = self.live_stats.dropped
+                summary.outages = self.live_stats.outages
+                summary.outage_s = self.live_stats.outage_s
         if summary.interrupted:
             log(f"interrupted after {summary.frames} frames")
         summary.elapsed_s = time.perf_counter() - start
@@ -436,6 +486,9 @@ class LineRuntime:
                 "infer": LatencyStats.from_samples(np.fromiter(infer_s, float)),
             }
         summary.latency_window = len(total_s)
+        if lost is not None:
+            lost.summary = summary  # type: ignore[attr-defined]
+            raise lost
         return summary
 
     def _save_annotated(self, folder: Path, image: np.ndarray, record: Mapping[str, Any]) -> None:
