@@ -46,6 +46,9 @@ def _summary_table(summary) -> Table:
             )
     if summary.latency:
         table.add_row("latency window", f"last {summary.latency_window} frames")
+    if d["dropped"] or d["outages"]:  # a live source
+        table.add_row("dropped (inference behind)", str(d["dropped"]))
+        table.add_row("stream outages", f"{d['outages']} ({d['outage_s']:.1f} s without stream)")
     table.add_row("elapsed", f"{d['elapsed_s']:.1f} s ({d['fps']:.1f} frames/s)")
     return table
 
@@ -73,7 +76,8 @@ def verify_cmd(bundle: Path, json_path: Path | None) -> None:
 @click.option(
     "--source",
     required=True,
-    help="Image folder, glob ('imgs/*.png', quoted), video file, or camera index (0, 1, ...).",
+    help="Image folder, glob ('imgs/*.png', quoted), video file, camera index (0, 1, ...), rtsp:// or "
+    "http(s):// (MJPEG) stream URL, or a GStreamer pipeline ending in appsink (quoted).",
 )
 @click.option(
     "--out",
@@ -101,6 +105,20 @@ def verify_cmd(bundle: Path, json_path: Path | None) -> None:
     help="One deployment threshold for every class (default: the bundle's per-class thresholds).",
 )
 @click.option("--max-frames", type=click.IntRange(min=1), help="Stop after N frames.")
+@click.option(
+    "--queue-size",
+    type=click.IntRange(min=1),
+    default=2,
+    show_default=True,
+    help="Live source: frames waiting for inference; when full the oldest is dropped (and counted).",
+)
+@click.option(
+    "--reconnect-timeout",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    help="Live source: after a drop, reconnect with back-off; give up (exit 5) after this many seconds.",
+)
 @click.option("--allow-failed", is_flag=True, help="Run a bundle whose build was marked failed.")
 @options.json_out
 def run_cmd(
@@ -113,13 +131,17 @@ def run_cmd(
     idle_timeout: float | None,
     conf: float | None,
     max_frames: int | None,
+    queue_size: int,
+    reconnect_timeout: float,
     allow_failed: bool,
     json_path: Path | None,
 ) -> None:
     """Run a verified bundle on the line: one JSON line per frame with its verdict, then a summary.
 
-    Ctrl-C finishes the current frame and prints the summary.
+    Ctrl-C finishes the current frame and prints the summary. A live source that drops is reconnected; one
+    that does not come back within --reconnect-timeout ends the run with its summary and exit code 5.
     """
+    from edge_lora.errors import SourceLostError
     from edge_lora.runtime.line import LineRuntime
 
     # With the JSON lines on stdout, keep stdout machine-readable: the summary goes to stderr.
@@ -127,15 +149,23 @@ def run_cmd(
     with LineRuntime(bundle, allow_failed=allow_failed, conf=conf) as line:
         if line.manifest.status == "failed":
             out_console.print(f"[yellow]running a failed bundle[/yellow]: {line.manifest.failure_reason}")
-        summary = line.run(
-            source,
-            out_jsonl=out_path,
-            save_annotated=save_annotated,
-            watch=watch,
-            poll_s=poll,
-            max_frames=max_frames,
-            idle_timeout_s=idle_timeout,
-        )
+        try:
+            summary = line.run(
+                source,
+                out_jsonl=out_path,
+                save_annotated=save_annotated,
+                watch=watch,
+                poll_s=poll,
+                max_frames=max_frames,
+                idle_timeout_s=idle_timeout,
+                queue_size=queue_size,
+                reconnect_timeout_s=reconnect_timeout,
+            )
+        except SourceLostError as e:  # the frames before the loss were processed: show their summary too
+            out_console.print(_summary_table(e.summary))
+            if json_path:
+                atomic_write_json(json_path, e.summary.to_dict())
+            raise
     out_console.print(_summary_table(summary))
     if json_path:
         atomic_write_json(json_path, summary.to_dict())
