@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import glob
 import http.server
-import sys
 import time
 
 import cv2
@@ -71,11 +70,7 @@ def main() -> None:
     )
     server.daemon_threads = True
     print(f"ready {server.server_address[1]}", flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    sys.exit(0)
+    server.serve_forever()  # until killed
 
 
 if __name__ == "__main__":

@@ -156,7 +156,8 @@ class LiveSource:
     """An iterator of ``(frame id, BGR image)`` from a live source, read by a thread into a bounded queue.
 
     Frame ids are ``"{label}#{n}"`` with ``n`` counting every frame read (dropped ones too, so a gap in the
-    ids shows a drop). The reader starts on the first ``next()``; :meth:`close` stops it.
+    ids shows a drop). The reader starts with :meth:`start` or the first ``next()``; :meth:`close` stops
+    it.
 
     Args:
         target: URL, GStreamer pipeline or camera index, as given to ``open``.
@@ -210,10 +211,14 @@ class LiveSource:
     def __iter__(self) -> LiveSource:
         return self
 
-    def __next__(self) -> tuple[str, np.ndarray]:
+    def start(self) -> None:
+        """Start the reader thread (the first ``next()`` does). Idempotent."""
         if self._thread is None and not self._closed.is_set():
             self._thread = threading.Thread(target=self._read_loop, name=f"live:{self.label}", daemon=True)
             self._thread.start()
+
+    def __next__(self) -> tuple[str, np.ndarray]:
+        self.start()
         with self._cond:
             while True:
                 if self._queue:
@@ -235,6 +240,11 @@ class LiveSource:
         if thread is not None and thread is not threading.current_thread():
             # A read blocked in FFmpeg returns within its read timeout; the thread releases the capture.
             thread.join(timeout=READ_TIMEOUT_MS / 1e3 + 1)
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called (a capture may poll it to end a blocking read)."""
+        return self._closed.is_set()
 
     def __enter__(self) -> LiveSource:
         return self
