@@ -356,6 +356,7 @@ def test_stream_that_never_comes_back_exits_5_with_the_summary(server, line_bund
     killer.join(5)
     assert res.exit_code == 5, res.output
     assert "lost and not back after" in res.output and "reconnect timeout 1 s" in res.output
+    assert "stream outages" in res.output  # the summary table of what was processed before the loss
     assert time.monotonic() - t0 < 20
     summary = json.loads(summary_json.read_text())
     assert summary["outages"] == 1 and summary["images"] == len(_records(out)) >= 5
