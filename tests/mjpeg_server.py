@@ -7,6 +7,7 @@ same port::
 
 It prints ``ready PORT`` once it listens, then streams the images in a loop to every client at ``--fps``.
 ``--size W`` resizes the frames (square), so a test can tell the frames of two server runs apart.
+``--stall-after N`` stops sending after N frames on each connection but keeps it open (a frozen camera).
 """
 
 from __future__ import annotations
@@ -31,8 +32,11 @@ def _jpegs(pattern: str, size: int | None) -> list[bytes]:
     return out
 
 
-def make_handler(jpegs: list[bytes], fps: float) -> type[http.server.BaseHTTPRequestHandler]:
-    """A request handler streaming ``jpegs`` in a loop at ``fps`` frames per second."""
+def make_handler(
+    jpegs: list[bytes], fps: float, stall_after: int | None = None
+) -> type[http.server.BaseHTTPRequestHandler]:
+    """A request handler streaming ``jpegs`` in a loop at ``fps`` frames per second (``stall_after`` frames
+    per connection, then silence on an open connection)."""
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - http.server's name
@@ -42,13 +46,15 @@ def make_handler(jpegs: list[bytes], fps: float) -> type[http.server.BaseHTTPReq
             self.end_headers()
             i = 0
             try:
-                while True:
+                while stall_after is None or i < stall_after:
                     jpg = jpegs[i % len(jpegs)]
                     head = f"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpg)}\r\n\r\n"
                     self.wfile.write(head.encode() + jpg + b"\r\n")
                     self.wfile.flush()
                     i += 1
                     time.sleep(1 / fps)
+                while True:  # stalled: the socket stays open, nothing more comes
+                    time.sleep(1)
             except (BrokenPipeError, ConnectionResetError):
                 pass
 
@@ -64,9 +70,10 @@ def main() -> None:
     ap.add_argument("--frames", required=True, help="glob of images to stream")
     ap.add_argument("--fps", type=float, default=25.0)
     ap.add_argument("--size", type=int, default=None)
+    ap.add_argument("--stall-after", type=int, default=None)
     args = ap.parse_args()
     server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", args.port), make_handler(_jpegs(args.frames, args.size), args.fps)
+        ("127.0.0.1", args.port), make_handler(_jpegs(args.frames, args.size), args.fps, args.stall_after)
     )
     server.daemon_threads = True
     print(f"ready {server.server_address[1]}", flush=True)

@@ -241,9 +241,10 @@ class MjpegServer:
     def url(self, auth: str = "") -> str:
         return f"http://{auth}127.0.0.1:{self.port}/stream.mjpg"
 
-    def start(self, size: int | None = None) -> None:
+    def start(self, size: int | None = None, stall_after: int | None = None) -> None:
         cmd = [sys.executable, str(TESTS / "mjpeg_server.py"), "--port", str(self.port)]
         cmd += ["--frames", FRAMES_GLOB, "--fps", str(self.fps)] + (["--size", str(size)] if size else [])
+        cmd += ["--stall-after", str(stall_after)] if stall_after else []
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline()
         assert line.startswith("ready"), line
@@ -361,6 +362,15 @@ def test_stream_that_never_comes_back_exits_5_with_the_summary(server, line_bund
     summary = json.loads(summary_json.read_text())
     assert summary["outages"] == 1 and summary["images"] == len(_records(out)) >= 5
     assert "not back" in summary["source_lost"]
+
+
+def test_a_stream_that_stalls_with_its_socket_open_is_an_outage(server, line_bundle, tmp_path, monkeypatch):
+    """A frozen camera sends nothing but keeps the connection: FFmpeg's read timeout makes it an outage."""
+    monkeypatch.setattr(live, "READ_TIMEOUT_MS", 500)
+    server.start(stall_after=6)  # every connection: 6 frames, then silence
+    with LineRuntime(line_bundle, conf=0.3) as line:
+        summary = line.run(server.url(), max_frames=10, reconnect_timeout_s=10, log=_quiet)
+    assert summary.images == 10 and summary.outages == 1 and line.live_stats.reconnects == 1
 
 
 def test_slow_inference_drops_the_oldest_frames_of_a_real_stream(line_bundle, tmp_path):

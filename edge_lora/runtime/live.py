@@ -284,7 +284,10 @@ class LiveSource:
                 f"{self.stats.outages} outage(s), {self.stats.read} frames read, {self.stats.dropped} dropped"
             )
         else:
-            msg = f"cannot open live source {self.label} (tried for {down_s:.1f} s, reconnect timeout {timeout})"
+            msg = (
+                f"cannot open live source {self.label} (tried for {down_s:.1f} s, reconnect timeout {timeout}); "
+                "check the URL or pipeline and that the camera is on and reachable"
+            )
         with self._cond:
             self._error = SourceLostError(msg)
             self._cond.notify_all()
