@@ -194,7 +194,10 @@ def activation_ranges(fp32: Path, calib: Any, policy: Any) -> dict[str, tuple[fl
     cal.collect_data(OrtCalibrationReader(calib, "images", (IMGSZ, IMGSZ), 1))
     data = cal.compute_data()
     tmp.unlink(missing_ok=True)
-    return {k: (float(v.range_value[0]), float(v.range_value[1])) for k, v in data.data.items()}
+    # range_value is (low, high), each a 0-d or 1-element array depending on the calibrator
+    return {
+        k: (float(np.min(v.range_value[0])), float(np.max(v.range_value[1]))) for k, v in data.data.items()
+    }
 
 
 def conv_inputs(path: Path) -> dict[str, str]:

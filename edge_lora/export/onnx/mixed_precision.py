@@ -66,6 +66,7 @@ class AccuracyAwareResult:
     float_nodes: tuple[str, ...]
     steps: tuple[FloatStep, ...] = ()
     blocks: dict[str, float] = field(default_factory=dict)  # block -> agreement gain when reverted whole
+    layers: dict[str, float] = field(default_factory=dict)  # conv -> agreement gain when reverted alone
     trials: int = 0
     seconds: float = 0.0
     int8_latency_ms: float = 0.0  # plain INT8, median run per image on this host (same images)
@@ -237,6 +238,7 @@ def search_float_nodes(
         float_nodes=tuple(chosen[:best]),
         steps=tuple(steps),
         blocks={b: round(g, 6) for b, g in block_gain.items()},
+        layers={n: round(g, 6) for n, g in layer_gain.items()},
         trials=scorer.runs,
         seconds=time.perf_counter() - t0,
         final_latency_ms=steps[best - 1].latency_ms if best else int8_ms,
