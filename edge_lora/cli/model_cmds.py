@@ -100,6 +100,21 @@ def demo_data(out: Path, n_train: int, n_val: int, imgsz: int, seed: int, overwr
 @click.option(
     "--set", "set_args", multiple=True, metavar="KEY=VALUE", help="Any other Ultralytics train argument."
 )
+@click.option(
+    "--quant-aware",
+    "quant_aware",
+    metavar="SCHEME|TARGET",
+    default=None,
+    help="Train through INT8 fake quantization: u8s8, s8s8, or a target whose scheme to use "
+    "(cpu-onnxruntime: u8s8, jetson: s8s8). Activation scales are calibrated on the base and recorded.",
+)
+@click.option(
+    "--quant-calibration-images",
+    type=int,
+    default=32,
+    show_default=True,
+    help="Train images for the MinMax activation ranges (--quant-aware).",
+)
 @options.overwrite
 @options.json_out
 def train_cmd(
@@ -123,6 +138,8 @@ def train_cmd(
     patience: int,
     plots: bool,
     set_args: tuple[str, ...],
+    quant_aware: str | None,
+    quant_calibration_images: int,
     overwrite: bool,
     json_path: Path | None,
 ) -> None:
@@ -151,9 +168,16 @@ def train_cmd(
         plots=plots,
         overwrite=overwrite,
         extra=_parse_set(set_args),
+        quant_aware=quant_aware,
+        quant_calibration_images=quant_calibration_images,
     )
     if not full:
         console.print(f"LoRA r={rank} alpha={alpha:g} targets={targets} head={head}")
+    if opts.quant_scheme:
+        via = f" (target {opts.quant_target})" if opts.quant_target else ""
+        console.print(
+            f"quant-aware: {opts.quant_scheme}{via}, activation scales from {quant_calibration_images} images"
+        )
     result = train(opts, on_epoch=None if sys.stdout.isatty() else _print_epoch)
     console.print(
         f"trainable parameters: {result.trainable_params:,} of {result.total_params:,} "
@@ -166,6 +190,8 @@ def train_cmd(
     console.print(
         f"{what}: {result.out} ({human_bytes(result.artifact_bytes)}) in {result.seconds:.0f}s; val {metrics}"
     )
+    if result.seconds_per_epoch:
+        console.print(f"training loop: {result.seconds_per_epoch:.1f}s per epoch (without validation)")
     _write_json(json_path, result.to_dict())
 
 

@@ -8,7 +8,11 @@ adapter_model.safetensors  every trained tensor under PEFT's own key names, as `
                            ``modules_to_save`` convention)
 edge_lora.json             provenance: base sha256 + structural fingerprint, classes, imgsz, LoRA settings,
                            excluded layers and why, trained modules, data hash, metrics, versions, and the
-                           sha256 of every file above (a tampered tensor file is refused on load)
+                           sha256 of every file above (a tampered tensor file is refused on load); an
+                           adapter trained with ``--quant-aware`` also records ``quant_aware``: the scheme,
+                           the calibration (``method: minmax-fixed``, image count) and, per adapted conv
+                           (by module name), the fixed input scale and zero point it was trained with
+                           (:func:`edge_lora.train.quant_aware.quant_aware_record`)
 
 Loading it with PEFT instead of edge-lora::
 

@@ -86,6 +86,20 @@ class TrainOptions:
     extra: dict[str, Any] = field(
         default_factory=dict, metadata={"help": "Other Ultralytics train arguments."}
     )
+    quant_aware: str | None = field(
+        default=None,
+        metadata={
+            "help": "Train the adapter through INT8 fake quantization: a scheme (u8s8, s8s8) or a target "
+            "profile/family whose quantization.scheme gives it (cpu-onnxruntime: u8s8, jetson: s8s8)."
+        },
+    )
+    quant_calibration_images: int = field(
+        default=32,
+        metadata={"help": "Train images whose MinMax ranges fix the activation scales (--quant-aware)."},
+    )
+    #: resolved from ``quant_aware`` (``edge_lora.train.quant_aware.resolve_scheme``)
+    quant_scheme: str | None = field(default=None, init=False)
+    quant_target: str | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.base, self.data, self.out = Path(self.base), Path(self.data), Path(self.out)
@@ -102,6 +116,22 @@ class TrainOptions:
             )
         if self.lr is not None and self.lr <= 0:
             raise InputError(f"--lr must be positive, got {self.lr}")
+        if self.quant_aware is not None:
+            self._check_quant_aware()
+
+    def _check_quant_aware(self) -> None:
+        from edge_lora.train.quant_aware import resolve_scheme
+
+        if self.full:
+            raise InputError("--quant-aware trains LoRA adapters; it does not apply to --full")
+        if self.lora.dropout:
+            raise InputError(
+                "--quant-aware trains through the merged weight W + scale*B*A, which has no LoRA branch to "
+                f"drop out; use --dropout 0 (got {self.lora.dropout})"
+            )
+        if self.quant_calibration_images < 1:
+            raise InputError(f"--quant-calibration-images must be >= 1, got {self.quant_calibration_images}")
+        self.quant_scheme, self.quant_target = resolve_scheme(self.quant_aware)
 
     def ultralytics_overrides(self) -> dict[str, Any]:
         """The arguments handed to the Ultralytics trainer."""
