@@ -8,7 +8,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from edge_lora.cli import options
+from edge_lora.cli import options, run_outputs
 from edge_lora.cli.console import console
 from edge_lora.fileio import atomic_write_json
 
@@ -23,7 +23,7 @@ def _checks_table(result) -> Table:
     return table
 
 
-def _summary_table(summary) -> Table:
+def _summary_table(summary, extra_rows: list[tuple[str, str]] = ()) -> Table:
     d = summary.to_dict()
     title = f"{Path(summary.bundle).name}: {summary.source}" + (
         " (interrupted)" if summary.interrupted else ""
@@ -50,6 +50,8 @@ def _summary_table(summary) -> Table:
         table.add_row("dropped (inference behind)", str(d["dropped"]))
         table.add_row("stream outages", f"{d['outages']} ({d['outage_s']:.1f} s without stream)")
     table.add_row("elapsed", f"{d['elapsed_s']:.1f} s ({d['fps']:.1f} frames/s)")
+    for row in extra_rows:  # --mqtt counters
+        table.add_row(*row)
     return table
 
 
@@ -120,6 +122,7 @@ def verify_cmd(bundle: Path, json_path: Path | None) -> None:
     help="Live source: after a drop, reconnect with back-off; give up (exit 5) after this many seconds.",
 )
 @click.option("--allow-failed", is_flag=True, help="Run a bundle whose build was marked failed.")
+@run_outputs.options
 @options.json_out
 def run_cmd(
     bundle: Path,
@@ -135,6 +138,7 @@ def run_cmd(
     reconnect_timeout: float,
     allow_failed: bool,
     json_path: Path | None,
+    **outputs_kw,
 ) -> None:
     """Run a verified bundle on the line: one JSON line per frame with its verdict, then a summary.
 
@@ -146,7 +150,10 @@ def run_cmd(
 
     # With the JSON lines on stdout, keep stdout machine-readable: the summary goes to stderr.
     out_console = console if out_path is not None else Console(stderr=True, highlight=False)
-    with LineRuntime(bundle, allow_failed=allow_failed, conf=conf) as line:
+    line = LineRuntime(bundle, allow_failed=allow_failed, conf=conf)
+    log = lambda msg: out_console.print(msg, markup=False, highlight=False, soft_wrap=True)  # noqa: E731
+    # --mqtt/--metrics-port start before the model loads (a busy port fails at once), close after the run.
+    with run_outputs.open_outputs(line, out_path=out_path, log=log, **outputs_kw) as outputs, line:
         if line.manifest.status == "failed":
             out_console.print(f"[yellow]running a failed bundle[/yellow]: {line.manifest.failure_reason}")
         try:
@@ -160,15 +167,16 @@ def run_cmd(
                 idle_timeout_s=idle_timeout,
                 queue_size=queue_size,
                 reconnect_timeout_s=reconnect_timeout,
+                sinks=outputs.sinks,
             )
         except SourceLostError as e:  # the frames before the loss were processed: show their summary too
             out_console.print(_summary_table(e.summary))
             if json_path:
                 atomic_write_json(json_path, e.summary.to_dict())
             raise
-    out_console.print(_summary_table(summary))
+    out_console.print(_summary_table(summary, outputs.rows()))
     if json_path:
-        atomic_write_json(json_path, summary.to_dict())
+        atomic_write_json(json_path, {**summary.to_dict(), **outputs.to_dict()})
 
 
 COMMANDS = [verify_cmd, run_cmd]
