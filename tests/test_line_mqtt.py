@@ -7,6 +7,7 @@ a TCP relay the test opens only once its own subscriber is back (see ``line_help
 from __future__ import annotations
 
 import json
+import signal
 
 import pytest
 from click.testing import CliRunner
@@ -97,6 +98,31 @@ def test_broker_down_at_start_then_killed_and_restarted_mid_run_loses_nothing(tm
     assert mq["published"] - mq["replayed"] + mq["spooled"] == 12  # each verdict either live or spooled
     assert mq["spooled"] == mq["replayed"] + mq["dropped"] + mq["pending"]
     assert "mqtt published (replayed)" in run.text()
+
+
+def test_sigterm_ends_the_run_with_its_summary_and_every_verdict_published(tmp_path):
+    broker = Broker(tmp_path).start()
+    messages: list[dict] = []
+    sub = Subscriber(broker.port, TOPIC, messages)
+    run = WatchRun(
+        tmp_path,
+        bundle_copy(tmp_path),
+        *("--mqtt", f"mqtt://127.0.0.1:{broker.port}/{TOPIC}", "--station", "s2"),
+        max_frames=100,
+    )
+    try:
+        run.feed(3)
+        run.proc.send_signal(signal.SIGTERM)
+        summary = run.finish()
+        wait_for(lambda: len(messages) >= 3, 30, "3 verdicts")
+    finally:
+        run.kill()
+        sub.stop()
+        broker.kill()
+    assert summary["interrupted"] is True and summary["images"] == 3
+    assert summary["mqtt"]["pending"] == 0 and summary["mqtt"]["published"] == 3
+    _assert_delivered(messages, run.records())
+    assert (tmp_path / "mqtt-spool-s2.jsonl").read_text() == ""  # next to --out, empty
 
 
 def test_spool_bound_drops_the_oldest_and_the_next_run_replays_the_rest(tmp_path):

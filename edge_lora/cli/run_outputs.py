@@ -188,14 +188,18 @@ def open_outputs(
             folder = (
                 spool_dir if spool_dir is not None else (out_path.parent if out_path is not None else None)
             )
-            sink = MqttSink(
-                mqtt,
-                station=name,
-                spool_path=default_spool_path(folder, name),
-                spool_max_messages=spool_max,
-                spool_max_bytes=max(1, int(spool_max_mb * (1 << 20))),
-                log=log,
-            )
+            spool = default_spool_path(folder, name)
+            try:
+                sink = MqttSink(
+                    mqtt,
+                    station=name,
+                    spool_path=spool,
+                    spool_max_messages=spool_max,
+                    spool_max_bytes=max(1, int(spool_max_mb * (1 << 20))),
+                    log=log,
+                )
+            except OSError as e:
+                raise InputError(f"--spool: cannot open the MQTT spool {spool}: {e.strerror or e}") from None
 
             def close_mqtt() -> None:
                 outputs.mqtt_stats = sink.close().to_dict()
