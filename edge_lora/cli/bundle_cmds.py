@@ -8,7 +8,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from edge_lora.cli import options, run_outputs
+from edge_lora.cli import options, run_config, run_outputs
 from edge_lora.cli.console import console
 from edge_lora.fileio import atomic_write_json
 
@@ -124,6 +124,7 @@ def verify_cmd(bundle: Path, json_path: Path | None) -> None:
 @click.option("--allow-failed", is_flag=True, help="Run a bundle whose build was marked failed.")
 @run_outputs.options
 @options.json_out
+@run_config.config_option
 def run_cmd(
     bundle: Path,
     source: str,
