@@ -93,6 +93,8 @@ class Relay:
     def __init__(self, upstream_port: int) -> None:
         self.upstream = upstream_port
         self.open = True
+        self.mute = False  # True: what the broker sends (CONNACK, PUBACK) is swallowed
+        self._conns: list[socket.socket] = []
         self._server = socket.create_server(("127.0.0.1", 0))
         self.port = self._server.getsockname()[1]
         self._stop = False
@@ -112,10 +114,17 @@ class Relay:
             except OSError:
                 client.close()
                 continue
+            self._conns.append(client)
             threading.Thread(target=self._pipe, args=(client, up), daemon=True).start()
 
-    @staticmethod
-    def _pipe(a: socket.socket, b: socket.socket) -> None:
+    def drop(self) -> None:
+        """Cut the connections open now (the station sees its broker connection lost)."""
+        for c in self._conns:
+            with contextlib.suppress(OSError):
+                c.shutdown(socket.SHUT_RDWR)
+        self._conns.clear()
+
+    def _pipe(self, a: socket.socket, b: socket.socket) -> None:
         with a, b:
             while True:
                 r, _, _ = select.select([a, b], [], [], 1.0)
@@ -126,7 +135,10 @@ class Relay:
                         data = b""
                     if not data:
                         return
-                    (b if s is a else a).sendall(data)
+                    if s is b and self.mute:
+                        continue
+                    with contextlib.suppress(OSError):
+                        (b if s is a else a).sendall(data)
 
     def close(self) -> None:
         self._stop = True

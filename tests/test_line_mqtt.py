@@ -125,6 +125,48 @@ def test_sigterm_ends_the_run_with_its_summary_and_every_verdict_published(tmp_p
     assert (tmp_path / "mqtt-spool-s2.jsonl").read_text() == ""  # next to --out, empty
 
 
+def test_a_verdict_sent_but_not_acknowledged_when_the_connection_drops_is_resent_marked(tmp_path):
+    broker = Broker(tmp_path).start()
+    relay = Relay(broker.port)
+    messages: list[dict] = []
+    sub = Subscriber(broker.port, TOPIC, messages)
+    sink = MqttSink(
+        f"mqtt://127.0.0.1:{relay.port}/{TOPIC}",
+        station="s3",
+        spool_path=tmp_path / "spool.jsonl",
+        retry_min_s=0.1,
+        retry_max_s=0.2,
+        log=lambda m: None,
+    )
+    records = [{"frame": f"f{i}", "verdict": "pass"} for i in range(5)]
+    try:
+        wait_for(lambda: sink.stats().connected, 30, "the connection")
+        for r in records[:2]:
+            sink.write(r)
+        wait_for(lambda: sink.stats().published == 2, 30, "2 acknowledged")
+        relay.mute = True  # the broker gets and forwards f2, f3; its acks never reach the station
+        for r in records[2:4]:
+            sink.write(r)
+        wait_for(lambda: len(messages) == 4, 30, "f2 and f3 delivered")
+        assert sink.stats().published == 2
+        relay.mute = False
+        relay.drop()
+        wait_for(lambda: len(messages) == 6, 30, "f2 and f3 sent again")
+        wait_for(lambda: sink.stats().connected, 30, "the connection")
+        sink.write(records[4])
+        wait_for(lambda: len(messages) == 7, 30, "f4")
+        stats = sink.close()
+    finally:
+        sink.close(0)
+        sub.stop()
+        broker.kill()
+        relay.close()
+    assert [m["frame"] for m in messages] == ["f0", "f1", "f2", "f3", "f2", "f3", "f4"]
+    assert [bool(m.get("replay")) for m in messages] == [False] * 4 + [True, True, False]
+    _assert_delivered(messages, records)
+    assert (stats.published, stats.replayed, stats.spooled, stats.pending) == (5, 2, 2, 0)
+
+
 def test_spool_bound_drops_the_oldest_and_the_next_run_replays_the_rest(tmp_path):
     spool = tmp_path / "spool.jsonl"
     dead = free_port()  # nothing listens there

@@ -239,6 +239,8 @@ class MqttSink:
                 self._deadline = time.monotonic() + wait
         self._wake()
         self._thread.join(wait + self.connect_timeout_s + 5)
+        with self._lock:
+            self._spool.close()  # compacted: what is left is what the next run replays
         return self.stats()
 
     def __enter__(self) -> MqttSink:
@@ -412,8 +414,7 @@ class MqttSink:
                     self._spool_append(value)
             self._inflight.clear()
             self._spill_live()
-            self._client = None
-            self._spool.close()
+            self._client = None  # from now on write() spools (also if this thread died of a bug)
         if c is not None and c.socket() is not None:
             try:
                 c.disconnect()
@@ -434,7 +435,7 @@ class MqttSink:
     def _spool_append(self, line: bytes) -> None:
         try:
             self._spool.append(line)
-        except OSError as e:  # a full disk must not stop the line: the verdict is still in the JSON lines
+        except (OSError, ValueError) as e:  # a full disk (or a spool closed) must not stop the line
             self._write_errors += 1
             if self._write_errors == 1:
                 self.log(f"mqtt: cannot write the spool {self._spool.path} ({e}); dropping verdicts")
