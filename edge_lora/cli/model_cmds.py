@@ -176,7 +176,7 @@ def train_cmd(
     if opts.quant_scheme:
         via = f" (target {opts.quant_target})" if opts.quant_target else ""
         console.print(
-            f"quant-aware: {opts.quant_scheme}{via}, activation scales from {quant_calibration_images} images"
+            f"quant-aware: {opts.quant_scheme}{via}; activation scales from up to {quant_calibration_images} train images"
         )
     result = train(opts, on_epoch=None if sys.stdout.isatty() else _print_epoch)
     console.print(
