@@ -122,6 +122,13 @@ def verify_cmd(bundle: Path, json_path: Path | None) -> None:
     help="Live source: after a drop, reconnect with back-off; give up (exit 5) after this many seconds.",
 )
 @click.option("--allow-failed", is_flag=True, help="Run a bundle whose build was marked failed.")
+@click.option(
+    "--pipeline/--no-pipeline",
+    default=True,
+    show_default=True,
+    help="Decode + letterbox the next frames and run the model in their own threads, overlapped, and batch "
+    "consecutive frames for a fixed-batch model; --no-pipeline takes one frame at a time (same verdicts).",
+)
 @run_outputs.options
 @options.json_out
 @run_config.config_option
@@ -138,6 +145,7 @@ def run_cmd(
     queue_size: int,
     reconnect_timeout: float,
     allow_failed: bool,
+    pipeline: bool,
     json_path: Path | None,
     **outputs_kw,
 ) -> None:
@@ -169,6 +177,7 @@ def run_cmd(
                 queue_size=queue_size,
                 reconnect_timeout_s=reconnect_timeout,
                 sinks=outputs.sinks,
+                pipeline=pipeline,
             )
         except SourceLostError as e:  # the frames before the loss were processed: show their summary too
             out_console.print(_summary_table(e.summary))

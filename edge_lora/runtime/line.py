@@ -68,7 +68,8 @@ from edge_lora.runtime.frames import (
     watch_frames,
 )
 from edge_lora.runtime.loader import load_runner
-from edge_lora.runtime.prepost import Detections, postprocess, preprocess
+from edge_lora.runtime.pipeline import FramePipeline
+from edge_lora.runtime.prepost import Detections, LetterboxInfo, postprocess, preprocess
 from edge_lora.runtime.sinks import JsonlSink
 from edge_lora.runtime.timing import LatencyStats
 
@@ -265,30 +266,48 @@ class LineRuntime:
         """Counted detections of one BGR image (above their class's threshold) and the stage latencies (s)."""
         self.activate()
         t0 = time.perf_counter()
-        batch, infos = preprocess([image_bgr], self.manifest.imgsz, fp16=self._fp16)
-        if self._batch > 1:  # fixed-batch export: fill the batch, keep the first result
-            batch = np.ascontiguousarray(np.repeat(batch, self._batch, axis=0))
-            infos = infos * self._batch
+        batch, infos = self._prepare([image_bgr])
         t1 = time.perf_counter()
         outputs = self.runner.infer(batch)
         t2 = time.perf_counter()
+        det = self._decode(outputs, infos, 1)[0]
+        t3 = time.perf_counter()
+        return det, {"pre": t1 - t0, "infer": t2 - t1, "post": t3 - t2, "total": t3 - t0}
+
+    def _prepare(self, images: list[np.ndarray]) -> tuple[np.ndarray, list[LetterboxInfo]]:
+        """Letterbox ``images`` (at most the model's batch) into one input batch of the model's batch size."""
+        batch, infos = preprocess(images, self.manifest.imgsz, fp16=self._fp16)
+        pad = self._batch - len(images)
+        if (
+            pad > 0
+        ):  # fixed-batch export: fill the batch with copies of the last frame; their outputs are dropped
+            batch = np.ascontiguousarray(np.concatenate([batch, np.repeat(batch[-1:], pad, axis=0)]))
+            infos = infos + [infos[-1]] * pad
+        return batch, infos
+
+    def _decode(
+        self, outputs: Mapping[str, np.ndarray], infos: list[LetterboxInfo], n: int
+    ) -> list[Detections]:
+        """Counted detections of the first ``n`` rows of a batch's outputs (the rest are padding)."""
         post = self.manifest.postprocessing
-        det = postprocess(
-            outputs,
-            infos,
+        first = next(iter(outputs.values()))
+        dets = postprocess(
+            first[:n],
+            infos[:n],
             end2end=post.end2end,
             conf=self.decode_conf,
             iou=post.iou,
             max_det=post.max_det,
             nc=None if post.end2end else self.nc,
-        )[0]
-        known = det.class_ids < self.nc
-        thr = np.full(len(det), np.inf, dtype=np.float32)
-        thr[known] = self._thr[det.class_ids[known]]
-        keep = det.scores > thr
-        det = Detections(det.boxes[keep], det.scores[keep], det.class_ids[keep])
-        t3 = time.perf_counter()
-        return det, {"pre": t1 - t0, "infer": t2 - t1, "post": t3 - t2, "total": t3 - t0}
+        )
+        out = []
+        for det in dets:
+            known = det.class_ids < self.nc
+            thr = np.full(len(det), np.inf, dtype=np.float32)
+            thr[known] = self._thr[det.class_ids[known]]
+            keep = det.scores > thr
+            out.append(Detections(det.boxes[keep], det.scores[keep], det.class_ids[keep]))
+        return out
 
     def process(self, image_bgr: np.ndarray, frame_id: str = "") -> dict[str, Any]:
         """The JSON record of one frame: detections, verdict, reasons, latency in ms."""
@@ -296,6 +315,9 @@ class LineRuntime:
 
     def _process(self, image_bgr: np.ndarray, frame_id: str) -> tuple[dict[str, Any], dict[str, float]]:
         det, lat = self.detect(image_bgr)
+        return self._record(frame_id, det, lat), lat
+
+    def _record(self, frame_id: str, det: Detections, lat: Mapping[str, float]) -> dict[str, Any]:
         detections, reasons = [], {}
         for box, score, cls in zip(
             det.boxes.tolist(), det.scores.tolist(), det.class_ids.tolist(), strict=True
@@ -306,14 +328,13 @@ class LineRuntime:
             )
             if cls < self.nc and self._defect[cls]:
                 reasons[name] = reasons.get(name, 0) + 1
-        record = {
+        return {
             "frame": frame_id,
             "detections": detections,
             "verdict": "reject" if reasons else "pass",
             "reasons": reasons,
             "latency_ms": {k: round(v * 1e3, 3) for k, v in lat.items()},
         }
-        return record, lat
 
     def annotate(self, image_bgr: np.ndarray, record: Mapping[str, Any]) -> np.ndarray:
         """A copy of the frame with boxes and ``name score`` labels (defects red, others green)."""
@@ -383,6 +404,7 @@ class LineRuntime:
         reconnect_timeout_s: float = 30.0,
         log: Callable[[str], None] = _stderr,
         sinks: Sequence[Any] = (),
+        pipeline: bool = True,
     ) -> RunSummary:
         """Process every frame of ``source`` and return the summary.
 
@@ -401,6 +423,11 @@ class LineRuntime:
             sinks: more sinks fed every record after its JSON line (objects with ``write(record)``, e.g.
                 :class:`~edge_lora.runtime.mqtt_sink.MqttSink`, :class:`~edge_lora.runtime.metrics.LineMetrics`);
                 the caller opens and closes them.
+            pipeline: decode + letterbox the next frames in one thread and run the model in another,
+                overlapped with decoding and writing, and batch consecutive frames when the model's batch
+                is fixed above 1 (see :mod:`edge_lora.runtime.pipeline`); the records, their order and
+                verdicts are those of the sequential path (False), which takes one frame at a time.
+                A stop lets the frames already taken from the source finish (at most a few batches).
 
         Raises:
             SourceLostError: the live source did not come back within ``reconnect_timeout_s``; the frames
@@ -409,16 +436,21 @@ class LineRuntime:
         if max_frames is not None and max_frames < 1:
             raise InputError(f"max_frames must be >= 1, got {max_frames}")
         self._stop = False
+        halt = threading.Event()  # set when the run ends for any reason (the pipeline's threads stop too)
+
+        def should_stop() -> bool:
+            return self._stop or halt.is_set()
+
         frames = (
             watch_frames(
-                source, poll_s=poll_s, idle_timeout_s=idle_timeout_s, should_stop=lambda: self._stop, log=log
+                source, poll_s=poll_s, idle_timeout_s=idle_timeout_s, should_stop=should_stop, log=log
             )
             if watch
             else iter_frames(
                 source,
                 queue_size=queue_size,
                 reconnect_timeout_s=reconnect_timeout_s,
-                should_stop=lambda: self._stop,
+                should_stop=should_stop,
                 log=log,
             )
         )
@@ -432,34 +464,37 @@ class LineRuntime:
         self.activate()
         sink = JsonlSink(out_jsonl)
         start = time.perf_counter()
+
+        def emit(
+            frame_id: str, image: np.ndarray | None, record: dict | None, lat: Mapping[str, float]
+        ) -> None:
+            """Write and count one frame's record, or count it unreadable (both paths share this)."""
+            if record is None:
+                summary.unreadable += 1
+                log(f"skipped unreadable frame {frame_id}")
+                return
+            sink.write(record)
+            for extra in sinks:  # MQTT, metrics (issue 13.4): after the JSON line
+                extra.write(record)
+            summary.images += 1
+            if record["verdict"] == "reject":
+                summary.rejects += 1
+            for name, n in record["reasons"].items():
+                summary.defects[name] = summary.defects.get(name, 0) + n
+            for d in record["detections"]:
+                summary.detections[d["name"]] = summary.detections.get(d["name"], 0) + 1
+            total_s.append(lat["total"])
+            infer_s.append(lat["infer"])
+            if annotated_dir is not None and image is not None:
+                self._save_annotated(annotated_dir, image, record)
+
         try:
             with self._signals():
                 try:
-                    for frame_id, image in frames:
-                        if image is None:
-                            summary.unreadable += 1
-                            log(f"skipped unreadable frame {frame_id}")
-                        else:
-                            record, lat = self._process(image, frame_id)
-                            sink.write(record)
-                            for extra in sinks:  # MQTT, metrics (issue 13.4): after the JSON line
-                                extra.write(record)
-                            summary.images += 1
-                            if record["verdict"] == "reject":
-                                summary.rejects += 1
-                            for name, n in record["reasons"].items():
-                                summary.defects[name] = summary.defects.get(name, 0) + n
-                            for d in record["detections"]:
-                                summary.detections[d["name"]] = summary.detections.get(d["name"], 0) + 1
-                            total_s.append(lat["total"])
-                            infer_s.append(lat["infer"])
-                            if annotated_dir is not None:
-                                self._save_annotated(annotated_dir, image, record)
-                        if max_frames is not None and summary.frames >= max_frames:
-                            break
-                        if self._stop:
-                            summary.interrupted = True
-                            break
+                    if pipeline:
+                        self._run_pipelined(frames, emit, max_frames, should_stop, halt)
+                    else:
+                        self._run_sequential(frames, emit, summary, max_frames)
                 except KeyboardInterrupt:
                     summary.interrupted = True
                 summary.interrupted = summary.interrupted or self._stop  # also when stopped between frames
@@ -469,6 +504,7 @@ class LineRuntime:
         else:
             lost = None
         finally:
+            halt.set()  # a source waiting for a frame gives up now
             close = getattr(frames, "close", None)
             if close is not None:
                 close()
@@ -490,6 +526,48 @@ class LineRuntime:
             lost.summary = summary  # type: ignore[attr-defined]
             raise lost
         return summary
+
+    def _run_sequential(self, frames, emit, summary: RunSummary, max_frames: int | None) -> None:
+        """One frame at a time: decode, letterbox, infer, decode, write."""
+        for frame_id, image in frames:
+            if image is None:
+                emit(frame_id, None, None, {})
+            else:
+                record, lat = self._process(image, frame_id)
+                emit(frame_id, image, record, lat)
+            if max_frames is not None and summary.frames >= max_frames:
+                break
+            if self._stop:
+                break
+
+    def _run_pipelined(
+        self, frames, emit, max_frames: int | None, should_stop, halt: threading.Event
+    ) -> None:
+        """Frames through :class:`FramePipeline`: the next batch is prepared and inferred while this one is
+        decoded and written; each frame's latency is its batch's letterbox and inference time plus its own
+        decoding."""
+        with FramePipeline(
+            frames,
+            prepare=self._prepare,
+            infer=self.runner.infer,
+            batch_size=self._batch,
+            max_frames=max_frames,
+            should_stop=should_stop,
+        ) as pipe:
+            try:
+                for chunk in pipe:
+                    t0 = time.perf_counter()
+                    dets = self._decode(chunk.outputs, chunk.infos, chunk.rows) if chunk.rows else []
+                    post = (time.perf_counter() - t0) / max(chunk.rows, 1)  # decoding is per row: share it
+                    lat = {"pre": chunk.pre_s, "infer": chunk.infer_s, "post": post}
+                    lat["total"] = chunk.pre_s + chunk.infer_s + post
+                    for frame_id, image, row in chunk.entries:
+                        if row is None:
+                            emit(frame_id, None, None, {})
+                        else:
+                            emit(frame_id, image, self._record(frame_id, dets[row], lat), lat)
+            finally:
+                halt.set()  # before the pipeline joins its threads: a source waiting for a frame gives up
 
     def _save_annotated(self, folder: Path, image: np.ndarray, record: Mapping[str, Any]) -> None:
         name = _annotated_name(str(record["frame"]))
