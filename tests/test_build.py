@@ -474,6 +474,7 @@ def test_failed_int8_is_retried_accuracy_aware_before_the_fallback(tmp_path, bui
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 1, res.output
     assert "trying accuracy-aware INT8" in res.output
+    assert "INT8 " in res.output and "points vs FP32 on 4 train images" in res.output  # the search's progress
     bundle = json.loads((tmp_path / "b.json").read_text())["bundles"][0]
     tried = [(c["precision"], c.get("variant")) for c in bundle["candidates"]]
     assert tried == [("int8", None), ("int8", "accuracy-aware"), ("fp32", None)]

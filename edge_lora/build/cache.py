@@ -17,7 +17,7 @@ from typing import Any
 from edge_lora.build.results import StageRecord
 from edge_lora.fileio import atomic_output_dir, atomic_write_json, sha256_file, sha256_json
 
-#: ``on_event(kind, data)``: ``stage_start``, ``stage_end``, ``note`` and ``bundle`` events of a build.
+#: ``on_event(kind, data)``: ``stage_start``, ``stage_end``, ``progress``, ``note`` and ``bundle`` events of a build.
 Event = Callable[[str, dict[str, Any]], None]
 
 

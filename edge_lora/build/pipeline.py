@@ -63,7 +63,8 @@ def build(
         overrides: dotted profile fields to override on every target, e.g. ``{"imgsz": 320}``.
         clean: drop the cache first.
         max_images, runs, warmup: validation size and latency runs (default: all val images, profile's runs).
-        on_event: ``f(kind, data)`` for ``stage_start``, ``stage_end``, ``note`` and ``bundle`` events.
+        on_event: ``f(kind, data)`` for ``stage_start``, ``stage_end``, ``progress`` (inside a stage),
+            ``note`` and ``bundle`` events.
     """
     emit = on_event or (lambda _kind, _data: None)
     inputs = resolve_inputs(

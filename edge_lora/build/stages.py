@@ -183,7 +183,13 @@ def export_stage(
 
         return Exported(
             export(
-                merged.path, profile, tmp / "export", data=inputs.data, precisions=precisions, overwrite=True
+                merged.path,
+                profile,
+                tmp / "export",
+                data=inputs.data,
+                precisions=precisions,
+                overwrite=True,
+                on_progress=lambda message: ctx.stages.emit("progress", {"message": message}),
             )
         ).to_json(tmp)
 

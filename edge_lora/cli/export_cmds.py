@@ -227,6 +227,10 @@ def build_cmd(
                 console.print(f"  {d['stage']} ...")
         elif kind == "note":
             console.print(f"[yellow]note[/yellow]: {d['message']}")
+        elif kind == "progress":  # inside a stage (the accuracy-aware INT8 search)
+            status.update(d["message"])
+            if logging:
+                console.print(f"    {d['message']}")
         elif kind == "stage_end":
             tag = "[dim]cached[/dim]" if d["cached"] else f"{d['seconds']:.1f}s"
             console.print(f"  {d['name']:<40} {tag:>14}  {d['verdict']}")

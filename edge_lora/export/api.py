@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -142,6 +143,7 @@ def export(
     calib: str | Path | None = None,
     precisions: list[str] | None = None,
     overwrite: bool = False,
+    on_progress: Callable[[str], None] | None = None,
 ) -> ExportResult:
     """Export ``model`` (a merged Ultralytics checkpoint) for ``target``.
 
@@ -152,6 +154,7 @@ def export(
         data: data YAML; its val images check each export, and INT8 calibrates on it when ``calib`` is None.
         calib: a calibration set folder from ``edge-lora calib`` (INT8).
         precisions: override the profile's precision chain (e.g. ``["fp32"]``).
+        on_progress: ``f(message)`` for long steps inside a precision (the accuracy-aware INT8 search).
 
     Every precision of the chain is attempted; one that fails is reported in ``failures`` (the caller decides,
     per the profile's fallbacks). FP32 ONNX failing is fatal.
@@ -180,7 +183,8 @@ def export(
     # Everything is written into a temp folder renamed at the end: a failed export leaves nothing behind.
     # Its paths are written relative to the temp folder and read back against the final one.
     with atomic_output_dir(out, overwrite) as tmp:
-        relative = _export_into(tmp, profile, chain, model, model_sha, data, calib).to_dict(relative_to=tmp)
+        result = _export_into(tmp, profile, chain, model, model_sha, data, calib, on_progress)
+        relative = result.to_dict(relative_to=tmp)
     return ExportResult.from_dict(relative, out)
 
 
@@ -192,6 +196,7 @@ def _export_into(
     model_sha: str,
     data: Path | None,
     calib: str | Path | None,
+    on_progress: Callable[[str], None] | None = None,
 ) -> ExportResult:
     from edge_lora.export.onnx.exporter import export_onnx
 
@@ -237,7 +242,9 @@ def _export_into(
         start = time.perf_counter()
         try:
             artifacts.append(
-                _export_one(profile, precision, fp32.path, model, model_sha, calib_set, out, data, start)
+                _export_one(
+                    profile, precision, fp32.path, model, model_sha, calib_set, out, data, start, on_progress
+                )
             )
         except ToolError as e:
             failures[precision] = str(e)
@@ -273,7 +280,16 @@ def _accuracy_control(profile, data: Path | None, calib_set):
     )
 
 
-def _qdq(profile, fp32_onnx: Path, out_path: Path, calib_set, model: Path, model_sha: str, data: Path | None):
+def _qdq(
+    profile,
+    fp32_onnx: Path,
+    out_path: Path,
+    calib_set,
+    model: Path,
+    model_sha: str,
+    data: Path | None,
+    on_progress: Callable[[str], None] | None = None,
+):
     """INT8 QDQ under the profile's quantization policy (u8s8 for ORT on x86, s8s8 for TensorRT); with
     ``quantization.accuracy_aware``, the fewest convs float that bring it within the INT8 target.
     Returns the QdqResult and the search record (None without the search)."""
@@ -292,7 +308,7 @@ def _qdq(profile, fp32_onnx: Path, out_path: Path, calib_set, model: Path, model
             policy,
             profile=profile,
             data=data,
-            on_progress=_log.info,
+            on_progress=on_progress or _log.info,
             **kwargs,
         )
     return quantize_qdq(fp32_onnx, out_path, calib_set, policy, profile=profile, **kwargs), None
@@ -315,6 +331,7 @@ class ExportJob:
     out: Path
     data: Path | None
     start: float
+    on_progress: Callable[[str], None] | None = None
 
     def artifact(self, backend: str, path: Path, details: dict[str, Any] | None = None) -> Artifact:
         """The built artifact, timed from ``start``."""
@@ -331,10 +348,11 @@ def _export_one(
     out: Path,
     data: Path | None,
     start: float,
+    on_progress: Callable[[str], None] | None = None,
 ) -> Artifact:
     """Build one precision with the exporter the profile's backend registered (imported only now)."""
     spec = backends.get(profile.backend)
-    job = ExportJob(profile, precision, fp32_onnx, model, model_sha, calib_set, out, data, start)
+    job = ExportJob(profile, precision, fp32_onnx, model, model_sha, calib_set, out, data, start, on_progress)
     return spec.export_function()(job)
 
 
@@ -344,7 +362,9 @@ def export_onnxruntime(job: ExportJob) -> Artifact:
     if precision != "int8":
         raise ToolError(f"ONNX Runtime on {profile.name}: {precision} is not built for CPU providers")
     out_path = job.out / "onnxruntime-int8" / "model.onnx"
-    res, search = _qdq(profile, job.fp32_onnx, out_path, job.calib_set, job.model, job.model_sha, job.data)
+    res, search = _qdq(
+        profile, job.fp32_onnx, out_path, job.calib_set, job.model, job.model_sha, job.data, job.on_progress
+    )
     details = {
         "quantize_nodes": res.quantize_nodes,
         "quantized_convs": res.quantized_convs,
@@ -400,6 +420,7 @@ def export_tensorrt_plan(job: ExportJob) -> Artifact:
             job.model,
             job.model_sha,
             job.data,
+            job.on_progress,
         )
         source = qdq.path
         details = {"quantize_nodes": qdq.quantize_nodes, "activation_dtype": qdq.activation_dtype}
