@@ -1,0 +1,232 @@
+"""``edge-lora run`` on the DeepPCB new-board val images: pipelined vs sequential, and ``yolo predict`` beside it
+(issue 13.3; not CI).
+
+Per bundle (e.g. the ``cpu-onnxruntime`` and ``intel-openvino`` bundles ``benchmarks/build_bench.py`` builds),
+the same images (``../shared/datasets/deeppcb/newboards_val.txt``, at the bundle's imgsz) run through
+``LineRuntime.run`` twice, ``pipeline=False`` and ``pipeline=True``, after one warm-up pass; reported:
+
+* frames/s: frames / wall time of the run (image decoding, letterbox, inference, decoding, JSON lines);
+* per-frame latency p50/p99: each record's ``latency_ms.total`` (its batch's letterbox + inference + its
+  decoding; image decoding excluded, as ``edge-lora run`` reports it), and the p50/p99 interval between
+  consecutive records (what a line waiting for verdicts sees);
+* whether the two paths gave the same records (ids, order, detections, verdicts).
+
+With ``--yolo-weights MERGED.pt`` the same images also go through ``yolo predict`` (the Python API,
+``stream=True``) on Ultralytics' own export of that checkpoint (``--yolo-format``, default ``openvino``, its
+fastest CPU path; ``onnx`` and ``torchscript`` also work), timed the same way; its per-image time is
+Ultralytics' own ``speed`` (preprocess + inference + postprocess), and its verdicts (the bundle's per-class
+thresholds and defect classes applied to its detections) are compared with the bundle's.
+
+    python benchmarks/line_bench.py --bundle dist/newboards-cpu-onnxruntime --max-images 50   # smoke run
+    python benchmarks/line_bench.py --bundle B1 --bundle B2 --yolo-weights merged.pt          # the full one
+
+Writes ``line_bench.json`` and ``line_bench.md`` into ``--results`` (default benchmarks/results).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import NEWBOARDS, REPO  # noqa: E402
+from machine import machine_details  # noqa: E402
+
+
+def val_images(limit: int | None) -> list[Path]:
+    """The new-board val images, in the list's order (first ``limit``)."""
+    root = NEWBOARDS.parent
+    lines = (root / "newboards_val.txt").read_text().split()
+    paths = [(root / line).resolve() for line in lines]
+    return paths[:limit] if limit else paths
+
+
+def image_folder(images: list[Path], folder: Path) -> Path:
+    """A folder of symlinks named in source order, so ``run --source FOLDER`` reads exactly these images."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, p in enumerate(images):
+        link = folder / f"{i:05d}_{p.name}"
+        if not link.exists():
+            os.symlink(p, link)
+    return folder
+
+
+class _Clock:
+    """A run sink that timestamps every record (for the interval between verdicts)."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self.records: list[dict] = []
+
+    def write(self, record: dict) -> None:
+        self.times.append(time.perf_counter())
+        self.records.append(record)
+
+
+def _pcts(values_ms: list[float] | np.ndarray) -> dict[str, float]:
+    a = np.asarray(values_ms, dtype=float)
+    if a.size == 0:
+        return {"p50": float("nan"), "p99": float("nan")}
+    return {"p50": round(float(np.percentile(a, 50)), 3), "p99": round(float(np.percentile(a, 99)), 3)}
+
+
+def _verdicts(records: list[dict]) -> list[tuple]:
+    return [(r["frame"], r["verdict"], json.dumps(r["detections"], sort_keys=True)) for r in records]
+
+
+def bench_bundle(bundle: Path, folder: Path, threads: int | None) -> dict[str, Any]:
+    """Sequential and pipelined ``LineRuntime.run`` of one bundle over ``folder``."""
+    from edge_lora.runtime.line import LineRuntime
+
+    override = {"intra_op_threads": threads} if threads is not None else None
+    out: dict[str, Any] = {"bundle": str(bundle)}
+    with LineRuntime(bundle, allow_failed=True, settings_override=override) as line:
+        out["backend"] = line.artifact.backend
+        out["precision"] = line.artifact.precision
+        out["batch"] = line._batch
+        out["imgsz"] = list(line.manifest.imgsz)
+        with open(os.devnull, "w") as null:  # warm-up
+            line.run(folder, out_jsonl=null, max_frames=5, log=lambda m: None)
+        records = {}
+        for mode in ("sequential", "pipelined"):
+            clock = _Clock()
+            with open(os.devnull, "w") as null:
+                start = time.perf_counter()
+                summary = line.run(
+                    folder, out_jsonl=null, sinks=[clock], pipeline=mode == "pipelined", log=lambda m: None
+                )
+            gaps = np.diff([start, *clock.times]) * 1e3
+            out[mode] = {
+                "frames": summary.frames,
+                "elapsed_s": round(summary.elapsed_s, 3),
+                "fps": round(summary.frames / summary.elapsed_s, 2),
+                "latency_total_ms": _pcts([r["latency_ms"]["total"] for r in clock.records]),
+                "interval_ms": _pcts(gaps),
+                "rejects": summary.rejects,
+            }
+            records[mode] = clock.records
+        out["same_records"] = _verdicts(records["sequential"]) == _verdicts(records["pipelined"])
+        out["speedup"] = round(out["pipelined"]["fps"] / out["sequential"]["fps"], 3)
+        out["_verdicts"] = {r["frame"]: r["verdict"] for r in records["pipelined"]}
+        out["_manifest"] = line.manifest
+    return out
+
+
+def bench_yolo(weights: Path, fmt: str, images: list[Path], imgsz: int, manifest) -> dict[str, Any]:
+    """``yolo predict`` (Python API) on Ultralytics' ``fmt`` export of ``weights``, timed like the bundle."""
+    from ultralytics import YOLO
+
+    exported = YOLO(str(weights)).export(format=fmt, imgsz=imgsz) if fmt != "pt" else str(weights)
+    model = YOLO(str(exported), task="detect")
+    thr = dict(manifest.thresholds.conf)
+    defects = set(manifest.thresholds.defect_classes)
+    low = float(min(thr.values())) if thr else 0.25
+    kw = {"imgsz": imgsz, "conf": low, "verbose": False, "stream": True}
+    for _ in model.predict([str(p) for p in images[:5]], **kw):  # warm-up
+        pass
+    times, speeds, verdicts = [], [], []
+    start = time.perf_counter()
+    for r in model.predict([str(p) for p in images], **kw):
+        times.append(time.perf_counter())
+        speeds.append(sum(r.speed.values()))
+        cls = r.boxes.cls.int().tolist()
+        conf = r.boxes.conf.tolist()
+        reject = any(c in defects and s > thr.get(c, 1.0) for c, s in zip(cls, conf, strict=True))
+        verdicts.append("reject" if reject else "pass")
+    elapsed = time.perf_counter() - start
+    return {
+        "format": fmt,
+        "export": str(exported),
+        "frames": len(times),
+        "elapsed_s": round(elapsed, 3),
+        "fps": round(len(times) / elapsed, 2),
+        "latency_total_ms": _pcts(speeds),
+        "interval_ms": _pcts(np.diff([start, *times]) * 1e3),
+        "rejects": verdicts.count("reject"),
+        "_verdicts": verdicts,
+    }
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    lines = [
+        "# `edge-lora run`: pipelined vs sequential (and `yolo predict`)",
+        "",
+        f"{doc['images']} DeepPCB new-board val images"
+        + (" (a smoke run, not the full set)" if doc["smoke"] else "")
+        + f"; machine: {doc['machine'].get('cpu', '?')}, {doc['machine'].get('cores', '?')} cores.",
+        "",
+        "| path | frames/s | latency p50 / p99 ms | interval p50 / p99 ms | rejects | same records |",
+        "|---|---|---|---|---|---|",
+    ]
+    for b in doc["bundles"]:
+        name = f"{Path(b['bundle']).name} ({b['backend']}, {b['precision']}, batch {b['batch']})"
+        for mode in ("sequential", "pipelined"):
+            m = b[mode]
+            lines.append(
+                f"| {name} {mode} | {m['fps']} | {m['latency_total_ms']['p50']} / {m['latency_total_ms']['p99']} "
+                f"| {m['interval_ms']['p50']} / {m['interval_ms']['p99']} | {m['rejects']} "
+                f"| {'yes' if b['same_records'] else 'NO'} |"
+            )
+    for y in doc.get("yolo", []):
+        agree = y.get("verdict_agreement")
+        lines.append(
+            f"| yolo predict ({y['format']}) | {y['fps']} | {y['latency_total_ms']['p50']} / "
+            f"{y['latency_total_ms']['p99']} | {y['interval_ms']['p50']} / {y['interval_ms']['p99']} "
+            f"| {y['rejects']} | verdicts agree with the bundle on {agree} |"
+        )
+    lines += [
+        "",
+        "Latency: a record's `latency_ms.total` (letterbox + inference of its batch + its decoding) for `edge-lora "
+        "run`, Ultralytics' `speed` (preprocess + inference + postprocess) for `yolo predict`; interval: time "
+        "between consecutive verdicts.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--bundle", type=Path, action="append", required=True, help="bundle folder (repeatable)")
+    ap.add_argument("--max-images", type=int, help="first N val images only (a smoke run)")
+    ap.add_argument("--threads", type=int, help="intra-op threads for ONNX Runtime bundles (default: theirs)")
+    ap.add_argument("--yolo-weights", type=Path, help="the merged checkpoint for `yolo predict`")
+    ap.add_argument("--yolo-format", default="openvino", help="Ultralytics export format (default openvino)")
+    ap.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results")
+    args = ap.parse_args()
+    images = val_images(args.max_images)
+    doc: dict[str, Any] = {
+        "images": len(images),
+        "smoke": args.max_images is not None,
+        "machine": machine_details(),
+        "bundles": [],
+    }
+    with tempfile.TemporaryDirectory(prefix="line_bench_") as tmp:
+        folder = image_folder(images, Path(tmp) / "frames")
+        for bundle in args.bundle:
+            print(f"bundle {bundle} ...", flush=True)
+            doc["bundles"].append(bench_bundle(bundle, folder, args.threads))
+    if args.yolo_weights is not None:
+        first = doc["bundles"][0]
+        y = bench_yolo(args.yolo_weights, args.yolo_format, images, first["imgsz"][0], first["_manifest"])
+        ours = list(first["_verdicts"].values())
+        y["verdict_agreement"] = (
+            f"{sum(a == b for a, b in zip(ours, y.pop('_verdicts'), strict=True))}/{len(ours)}"
+        )
+        doc["yolo"] = [y]
+    for b in doc["bundles"]:
+        b.pop("_verdicts"), b.pop("_manifest")
+    args.results.mkdir(parents=True, exist_ok=True)
+    (args.results / "line_bench.json").write_text(json.dumps(doc, indent=2, default=str))
+    (args.results / "line_bench.md").write_text(markdown(doc))
+    print(markdown(doc))
+
+
+if __name__ == "__main__":
+    main()
