@@ -301,3 +301,22 @@ def test_request_stop_ends_a_watched_folder_without_losing_a_taken_file(bundle, 
         run.join(timeout=20)
     assert not run.is_alive()
     assert result["s"].interrupted and result["s"].images == len(FRAMES) == len(_records(out))
+
+
+def test_the_pipeline_runs_an_openvino_runner_in_its_thread_with_the_same_outputs(tmp_path):
+    ov = pytest.importorskip("openvino")
+    from edge_lora.runtime.openvino_rt import OpenVinoRunner
+    from edge_lora.runtime.prepost import preprocess
+
+    (src,) = [p for p in FIXTURE.iterdir() if (p / "manifest.json").is_file()]
+    xml = tmp_path / "model.xml"
+    ov.save_model(ov.convert_model(str(src / "model" / "model.onnx")), str(xml))
+    images = [cv2.imread(str(p)) for p in FRAMES * 2]
+    with OpenVinoRunner(xml, inference_precision="f32") as runner:
+        want = [runner.infer(preprocess([img], 64)[0])["output0"] for img in images]
+        frames = [(f"f{i}", img) for i, img in enumerate(images)]
+        with FramePipeline(frames, prepare=lambda imgs: preprocess(imgs, 64), infer=runner.infer) as pipe:
+            got = [(c.entries[0][0], next(iter(c.outputs.values()))) for c in pipe]
+    assert [f for f, _ in got] == [f for f, _ in frames]
+    for (_, out), ref in zip(got, want, strict=True):
+        np.testing.assert_array_equal(out, ref)

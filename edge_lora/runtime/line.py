@@ -25,8 +25,13 @@ What it guarantees:
 * an unreadable frame is logged to stderr, counted and skipped, never a crash;
 * memory stays flat on a run of any length: running counters and a bounded latency window (the last
   ``latency_window`` frames) instead of per-frame results;
-* Ctrl-C (or SIGTERM) finishes the current frame, then :meth:`LineRuntime.run` returns the summary; a second
-  Ctrl-C stops at once.
+* Ctrl-C (or SIGTERM) takes no more frames from the source and finishes those already taken (the current
+  frame, or with the pipeline the few in flight), then :meth:`LineRuntime.run` returns the summary; a second
+  Ctrl-C stops at once;
+* pipelined by default (:mod:`edge_lora.runtime.pipeline`): the next frames are decoded and letterboxed, and
+  the model runs, in their own threads while this one decodes and writes, in order; a model with a fixed
+  batch above 1 gets consecutive frames batched. ``run(pipeline=False)`` takes one frame at a time; both give
+  the same records.
 
 The frame sources (folder, glob, video, watched folder, and the live ones: camera, RTSP/HTTP stream, GStreamer
 pipeline) are in :mod:`edge_lora.runtime.frames`; their names are re-exported here. A live source is read by a
