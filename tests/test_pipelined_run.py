@@ -8,6 +8,7 @@ Also: a failure in either worker thread is one error, not a hang; a stop drains 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import signal
@@ -320,3 +321,25 @@ def test_the_pipeline_runs_an_openvino_runner_in_its_thread_with_the_same_output
     assert [f for f, _ in got] == [f for f, _ in frames]
     for (_, out), ref in zip(got, want, strict=True):
         np.testing.assert_array_equal(out, ref)
+
+
+def test_the_infer_thread_enters_the_runners_thread_context_around_its_calls(bundle, tmp_path):
+    """TensorRT's CUDA context is current in one thread only: the infer thread binds it first."""
+    source = _frames_folder(tmp_path, copies=1)
+    events: list[tuple[str, str]] = []
+    with LineRuntime(bundle, conf=CONF) as line:
+        infer = line.runner.infer
+
+        @contextlib.contextmanager
+        def thread_context():
+            events.append(("enter", threading.current_thread().name))
+            yield
+            events.append(("exit", threading.current_thread().name))
+
+        def spy(batch, **kw):
+            events.append(("infer", threading.current_thread().name))
+            return infer(batch, **kw)
+
+        line.runner.thread_context, line.runner.infer = thread_context, spy
+        line.run(source, out_jsonl=tmp_path / "ctx.jsonl", log=_quiet)
+    assert events == [("enter", "run:infer"), *[("infer", "run:infer")] * 4, ("exit", "run:infer")]

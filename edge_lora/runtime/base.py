@@ -218,6 +218,12 @@ class Runner(ABC):
                     f"{self.name}: input '{name}' expects shape {_fmt_shape(shape)}, got {tuple(arr.shape)}"
                 )
 
+    def thread_context(self) -> contextlib.AbstractContextManager[None]:
+        """Enter in a thread other than the one that activated the runner before calling :meth:`infer` there
+        (the pipelined ``edge-lora run`` infers in its own thread). Default: nothing to do (ONNX Runtime and
+        OpenVINO may be called from any thread); TensorRT makes its CUDA device and context current."""
+        return contextlib.nullcontext()
+
     def _require_active(self, what: str) -> None:
         if not self.is_active:
             raise RuntimeError(f"{self.name}: activate the runner (use `with runner:`) before {what}()")

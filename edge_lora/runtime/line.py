@@ -555,6 +555,7 @@ class LineRuntime:
             frames,
             prepare=self._prepare,
             infer=self.runner.infer,
+            infer_context=getattr(self.runner, "thread_context", contextlib.nullcontext),
             batch_size=self._batch,
             max_frames=max_frames,
             should_stop=should_stop,

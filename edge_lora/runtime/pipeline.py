@@ -17,6 +17,7 @@ the caller's iteration, so a failing backend is one error, never a hang. Numpy o
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
@@ -73,6 +74,8 @@ class FramePipeline:
         max_frames: take at most this many frames (readable or not) from the source.
         should_stop: polled before each frame is taken; when True no more are taken.
         depth: batches waiting between two stages (1: one batch prepared while one is inferred).
+        infer_context: entered by the infer thread around all its calls (the runner's
+            :meth:`~edge_lora.runtime.base.Runner.thread_context`: TensorRT's CUDA context is per thread).
 
     Use it as a context manager (or call :meth:`close`): leaving stops both threads and waits for them.
     """
@@ -87,12 +90,14 @@ class FramePipeline:
         max_frames: int | None = None,
         should_stop: Callable[[], bool] = lambda: False,
         depth: int = 1,
+        infer_context: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
     ) -> None:
         if batch_size < 1 or depth < 1:
             raise ValueError(f"batch_size and depth must be >= 1, got {batch_size}, {depth}")
         self._frames = iter(frames)
         self._prepare = prepare
         self._infer = infer
+        self._infer_context = infer_context
         self.batch_size = int(batch_size)
         self._max_frames = max_frames
         self._should_stop = should_stop
@@ -190,18 +195,22 @@ class FramePipeline:
 
     def _infer_loop(self) -> None:
         try:
-            while True:
-                item = self._get(self._prepared, self._threads[0])
-                if isinstance(item, (_End, _Failed)):
-                    self._put(self._inferred, item)
-                    return
-                if item.batch is not None:
-                    t0 = time.perf_counter()
-                    item.outputs = self._infer(item.batch)
-                    item.infer_s = time.perf_counter() - t0
-                    item.batch = None  # the caller needs the outputs, not the input tensor
-                if not self._put(self._inferred, item):
-                    return
+            with self._infer_context():
+                self._infer_batches()
         except BaseException as e:  # a backend failure: the caller raises it after the frames before it
             # The prepare thread may go on filling its queue until the caller's close() halts it.
             self._put(self._inferred, _Failed(e))
+
+    def _infer_batches(self) -> None:
+        while True:
+            item = self._get(self._prepared, self._threads[0])
+            if isinstance(item, (_End, _Failed)):
+                self._put(self._inferred, item)
+                return
+            if item.batch is not None:
+                t0 = time.perf_counter()
+                item.outputs = self._infer(item.batch)
+                item.infer_s = time.perf_counter() - t0
+                item.batch = None  # the caller needs the outputs, not the input tensor
+            if not self._put(self._inferred, item):
+                return

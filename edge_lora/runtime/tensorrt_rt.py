@@ -22,7 +22,7 @@ import contextlib
 import ctypes
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -223,6 +223,12 @@ class _CudaPython:
     def close(self) -> None:
         pass
 
+    @contextlib.contextmanager
+    def bind_thread(self, device: int) -> Iterator[None]:
+        """The runtime API's current device is per thread: set it in a thread that did not activate."""
+        self._call("cudaSetDevice", device)
+        yield
+
 
 class _PyCuda:
     """The same calls through PyCUDA, on the device's primary context."""
@@ -276,6 +282,16 @@ class _PyCuda:
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.ctx.pop()
+
+    @contextlib.contextmanager
+    def bind_thread(self, device: int) -> Iterator[None]:
+        """A driver-API context is current in one thread only: push it in another for the time it infers."""
+        self.ctx.push()
+        try:
+            yield
+        finally:
+            with contextlib.suppress(Exception):
+                self.ctx.pop()
 
 
 def _open_cuda(device: int):
@@ -467,6 +483,10 @@ class TensorRtRunner(Runner):
         self._cur_in[tname] = shape
         for out in self._names_out:
             self._cur_out[out] = tuple(int(d) for d in self._context.get_tensor_shape(out))
+
+    def thread_context(self) -> contextlib.AbstractContextManager[None]:
+        cuda = self._cuda
+        return cuda.bind_thread(self.device) if cuda is not None else contextlib.nullcontext()
 
     def infer_impl(self, feed: Mapping[str, np.ndarray], copy_outputs: bool) -> dict[str, np.ndarray]:
         cuda, stream = self._cuda, self._stream
