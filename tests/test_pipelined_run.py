@@ -153,6 +153,11 @@ def test_the_cli_switch_keeps_the_sequential_path(bundle, tmp_path):
         assert res.exit_code == 0, res.output
         outs[flag] = _verdicts(_records(out))
     assert outs["--pipeline"] == outs["--no-pipeline"] and len(outs["--pipeline"]) == 4
+    config = tmp_path / "line.yaml"  # a station's config file says it too
+    config.write_text(f"bundle: {bundle}\nsource: {source}\nout: {tmp_path / 'cfg.jsonl'}\npipeline: false\n")
+    res = CliRunner().invoke(main, ["run", "--config", str(config), "--conf", str(CONF)])
+    assert res.exit_code == 0, res.output
+    assert _verdicts(_records(tmp_path / "cfg.jsonl")) == outs["--no-pipeline"]
 
 
 # ----------------------------------------------------------------------------------------------- batching
