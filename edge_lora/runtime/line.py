@@ -283,9 +283,8 @@ class LineRuntime:
         """Letterbox ``images`` (at most the model's batch) into one input batch of the model's batch size."""
         batch, infos = preprocess(images, self.manifest.imgsz, fp16=self._fp16)
         pad = self._batch - len(images)
-        if (
-            pad > 0
-        ):  # fixed-batch export: fill the batch with copies of the last frame; their outputs are dropped
+        # A fixed-batch export: fill the batch with copies of the last frame; their outputs are dropped.
+        if pad > 0:
             batch = np.ascontiguousarray(np.concatenate([batch, np.repeat(batch[-1:], pad, axis=0)]))
             infos = infos + [infos[-1]] * pad
         return batch, infos
