@@ -11,8 +11,8 @@ the same images (``../shared/datasets/deeppcb/newboards_val.txt``, at the bundle
   consecutive records (what a line waiting for verdicts sees);
 * whether the two paths gave the same records (ids, order, detections, verdicts).
 
-With ``--yolo-weights MERGED.pt`` the same images also go through ``yolo predict`` (the Python API,
-``stream=True``) on Ultralytics' own export of that checkpoint (``--yolo-format``, default ``openvino``, its
+With ``--yolo-weights MERGED.pt`` the same images also go through ``yolo predict`` (the Python API, one
+call per image) on Ultralytics' own export of that checkpoint (``--yolo-format``, default ``openvino``, its
 fastest CPU path; ``onnx`` and ``torchscript`` also work), timed the same way; its per-image time is
 Ultralytics' own ``speed`` (preprocess + inference + postprocess), and its verdicts (the bundle's per-class
 thresholds and defect classes applied to its detections) are compared with the bundle's.
@@ -129,12 +129,14 @@ def bench_yolo(weights: Path, fmt: str, images: list[Path], imgsz: int, manifest
     thr = dict(manifest.thresholds.conf)
     defects = set(manifest.thresholds.defect_classes)
     low = float(min(thr.values())) if thr else 0.25
-    kw = {"imgsz": imgsz, "conf": low, "verbose": False, "stream": True}
-    for _ in model.predict([str(p) for p in images[:5]], **kw):  # warm-up
-        pass
+    kw = {"imgsz": imgsz, "conf": low, "verbose": False}
+    for p in images[:5]:  # warm-up
+        model.predict(str(p), **kw)
     times, speeds, verdicts = [], [], []
     start = time.perf_counter()
-    for r in model.predict([str(p) for p in images], **kw):
+    # One call per image, as a line gets them (a list source is predicted as one batch, timed as one).
+    for p in images:
+        r = model.predict(str(p), **kw)[0]
         times.append(time.perf_counter())
         speeds.append(sum(r.speed.values()))
         cls = r.boxes.cls.int().tolist()
