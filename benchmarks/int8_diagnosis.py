@@ -456,7 +456,10 @@ def section_latency(scores: Scores, report: dict[str, Any] | None = None) -> dic
                     samples[k].append(time.perf_counter() - t0)
         out[scheme] = {k: LatencyStats.from_samples(v).p50_ms for k, v in samples.items()}
         out[scheme]["float_convs"] = len(nodes)
-        log(f"latency {scheme}: " + ", ".join(f"{k} {v:.1f} ms" for k, v in out[scheme].items()))
+        log(
+            f"latency {scheme}: "
+            + ", ".join(f"{k} {v:.1f} ms" for k, v in out[scheme].items() if k != "float_convs")
+        )
     return out
 
 
