@@ -130,8 +130,8 @@ class Scores:
 
     def __init__(self) -> None:
         from edge_lora.data.checks import load_data_yaml
+        from edge_lora.export.labelled import labelled_images
         from edge_lora.export.onnx.mixed_precision import OnnxMapScorer
-        from edge_lora.export.openvino.accuracy import labelled_images
 
         self.names = load_data_yaml(NEWBOARDS, splits=("val",), check_labels=False).names
         self.val = labelled_images(NEWBOARDS, IMGSZ, 10_000, "val")

@@ -20,11 +20,11 @@ import pytest
 from conftest import lively_checkpoint
 
 from edge_lora.export.calibration import select_calibration
+from edge_lora.export.labelled import LabelledImage, labelled_images
 from edge_lora.export.onnx.exporter import export_onnx
 from edge_lora.export.onnx.float_revert import quantized_nodes, revert_to_float
 from edge_lora.export.onnx.mixed_precision import OnnxMapScorer, search_float_nodes
 from edge_lora.export.onnx.qdq import quantize_qdq
-from edge_lora.export.openvino.accuracy import LabelledImage, labelled_images
 from edge_lora.export.policy import QuantPolicy, plan
 from edge_lora.profiles import CalibRecipe, load_profile
 from edge_lora.validate.labels import GroundTruth

@@ -320,7 +320,7 @@ def test_refusals(tmp_path, fp32_onnx, exports, calib):
 
 def test_accuracy_aware_images_come_from_train_by_default(demo_data):
     """The val split gates the build, so accuracy-aware INT8 tunes on other images unless told otherwise."""
-    from edge_lora.export.openvino.accuracy import labelled_images
+    from edge_lora.export.labelled import labelled_images
     from edge_lora.profiles import load_recipe
 
     assert load_recipe("default").validation_split == "train"

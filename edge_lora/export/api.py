@@ -259,20 +259,10 @@ def _export_into(
 def _accuracy_control(profile, data: Path | None, calib_set):
     """NNCF accuracy-aware INT8 bounded by the profile's max mAP drop, scored by our evaluator on labelled
     images of the recipe's validation_split (train by default: the gate's val images stay unseen)."""
-    from edge_lora.export.openvino.accuracy import labelled_images, map_validation_fn
+    from edge_lora.export.labelled import map_validation_fn, validation_set
     from edge_lora.export.openvino.quantize import AccuracyControl
 
-    if data is None:
-        raise InputError(f"{profile.name} asks for accuracy-aware INT8: pass --data (labelled images)")
-    recipe = profile.load_calibration()
-    limit = getattr(recipe, "validation_images", None) or 100
-    split = getattr(recipe, "validation_split", "train")
-    items = labelled_images(data, profile.imgsz, limit, split)
-    if not items:
-        raise InputError(f"{data}: no decodable {split} image for accuracy-aware INT8 (calibration recipe)")
-    from edge_lora.data.checks import load_data_yaml
-
-    names = load_data_yaml(data, splits=("val",), check_labels=False).names
+    items, names, _split = validation_set(profile, data, "accuracy-aware INT8 (openvino.accuracy_aware)")
     return AccuracyControl(
         validation_data=items,
         validation_fn=map_validation_fn(names, profile.output == "end2end"),

@@ -18,8 +18,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from edge_lora.errors import InputError
-
 __all__ = ["quantize_accuracy_aware"]
 
 
@@ -44,21 +42,12 @@ def quantize_accuracy_aware(
     """
     import onnx
 
-    from edge_lora.data.checks import load_data_yaml
+    from edge_lora.export.labelled import validation_set
     from edge_lora.export.onnx.mixed_precision import search_float_nodes
     from edge_lora.export.onnx.qdq import quantize_qdq
-    from edge_lora.export.openvino.accuracy import labelled_images
 
     settings = profile.quantization
-    if data is None:
-        raise InputError(f"{profile.name}: quantization.accuracy_aware needs --data (labelled images)")
-    recipe = profile.load_calibration()
-    limit = getattr(recipe, "validation_images", 0) or 100
-    split = getattr(recipe, "validation_split", "train")
-    items = labelled_images(data, profile.imgsz, limit, split)
-    if not items:
-        raise InputError(f"{data}: no decodable {split} image for accuracy-aware INT8 (calibration recipe)")
-    names = load_data_yaml(data, splits=("val",), check_labels=False).names
+    items, names, split = validation_set(profile, data, "quantization.accuracy_aware")
 
     out_path.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.", suffix=".search", dir=out_path.parent))

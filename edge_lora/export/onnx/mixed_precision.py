@@ -108,7 +108,7 @@ def _spread(items: Sequence[Any], n: int) -> list[Any]:
 
 class OnnxMapScorer:
     """Runs an ONNX graph (in memory) over labelled images and scores it with the one evaluator (the
-    preprocessing of :func:`~edge_lora.export.openvino.accuracy.labelled_images`, the runtime's decode)."""
+    preprocessing of :func:`~edge_lora.export.labelled.labelled_images`, the runtime's decode)."""
 
     def __init__(self, names: dict[int, str], end2end: bool, threads: int = 0) -> None:
         self.names, self.end2end, self.threads = names, end2end, threads
@@ -141,13 +141,10 @@ class OnnxMapScorer:
         return dets
 
     def score(self, items: Sequence[Any], dets: Sequence[Any], truths: Sequence[Any] | None = None) -> float:
-        from edge_lora.validate.accuracy import evaluate_detections
+        """mAP50-95 (0-1) of ``dets`` on ``items``, against ``truths`` when given (the ranking's pseudo-labels)."""
+        from edge_lora.export.labelled import score_map
 
-        gts = truths if truths is not None else [item.gt for item in items]
-        if not any(len(g) for g in gts):
-            return 0.0
-        sizes = [item.size for item in items]
-        return float(evaluate_detections(gts, dets, self.names, image_sizes=sizes).map50_95)
+        return score_map(items, dets, self.names, truths)
 
 
 def search_float_nodes(
@@ -168,7 +165,7 @@ def search_float_nodes(
 
     Args:
         fp32 / qdq: the FP32 graph and its plain INT8 QDQ graph (same node names).
-        items: labelled images (:func:`edge_lora.export.openvino.accuracy.labelled_images`), preprocessed
+        items: labelled images (:func:`edge_lora.export.labelled.labelled_images`), preprocessed
             at the graph's input size; never the val images that gate the build.
         names: class names. end2end: the graphs' output form.
         target_points: stop when the drop vs FP32 on ``items`` is at most this (mAP50-95 points).
