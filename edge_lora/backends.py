@@ -84,7 +84,7 @@ class BackendSpec:
         name: the profile's ``backend`` and the manifest's artifact ``backend``.
         runner: ``"module:Class"`` of its :class:`~edge_lora.runtime.base.Runner`, imported when used.
         exporter: ``"module:function"`` building one precision on the host: ``f(job) -> Artifact`` with the
-            job of :func:`edge_lora.export.api._export_one`. Imported only by ``export()``.
+            job of :func:`edge_lora.export.api._export_into`. Imported only by ``export()``.
         suffixes: file suffixes its runner loads (lower case); no two backends share one.
         loads: how messages name what it loads (``"an OpenVINO .xml (or its folder)"``).
         bundle: where its artifact goes in a bundle.

@@ -223,6 +223,8 @@ def merge(
             "path": str(adapter),
             "files": package.meta.get("files", {}),
             "lora": package.meta.get("lora"),
+            # a quant-aware adapter's scheme and activation scales: the QDQ export uses them as trained
+            "quant_aware": package.meta.get("quant_aware"),
         },
         "names": package.meta["names"],
         "imgsz": imgsz,

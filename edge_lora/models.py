@@ -10,7 +10,7 @@ import contextlib
 import io
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ class LoadedModel:
     sha256: str | None  # None for a model built from YAML (nothing on disk to hash but the YAML)
     from_yaml: bool
     train_args: dict[str, Any]
+    provenance: dict[str, Any] = field(default_factory=dict)  # edge-lora's record in the checkpoint (merge's)
 
     @property
     def names(self) -> dict[int, str]:
@@ -132,7 +133,14 @@ def _load_detection_model(path: Path, nc: int | None) -> LoadedModel:
             f"{path} holds a {type(model).__name__} ({getattr(model, 'task', '?')}); edge-lora needs a detection model"
         )
     _freeze_eval(model)
-    return LoadedModel(model, str(path), sha256_file(path), False, dict(ckpt.get("train_args") or {}))
+    return LoadedModel(
+        model,
+        str(path),
+        sha256_file(path),
+        False,
+        dict(ckpt.get("train_args") or {}),
+        dict(ckpt.get("edge_lora") or {}),
+    )
 
 
 def _freeze_eval(model: nn.Module) -> None:

@@ -174,6 +174,29 @@ def _accuracy_aware_lines(candidates: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _quant_aware_lines(candidates: list[dict[str, Any]]) -> list[str]:
+    """Where an INT8 candidate's activation scales came from, for a quant-aware adapter (export record)."""
+    lines: list[str] = []
+    for c in candidates:
+        record = (c.get("details") or {}).get("quant_aware")
+        if not record:
+            continue
+        if record.get("source") == "adapter":
+            float_note = f", {record['float']} of them kept float" if record.get("float") else ""
+            text = (
+                f"{candidate_label(c)}: the inputs of the adapter's {record['convs']} adapted convs "
+                f"({record['tensors']} tensors{float_note}) are quantized with the scales the adapter was "
+                f"trained with ({record['scheme']}, {record['method']}; checked in the graph), not "
+                "re-calibrated; every other tensor is calibrated as usual."
+            )
+            if record.get("unmatched"):
+                text += f" Not found in the graph: {', '.join(record['unmatched'])}."
+        else:
+            text = f"{candidate_label(c)}: {record['reason']}."
+        lines.append(text)
+    return ["", "## Quant-aware adapter", "", *lines] if lines else []
+
+
 def write_report(
     folder: Path,
     *,
@@ -222,6 +245,7 @@ def write_report(
         ]
     lines += _int8_hints(profile, candidates)
     lines += _accuracy_aware_lines(candidates)
+    lines += _quant_aware_lines(candidates)
     lines += [
         "",
         "## Gates of the shipped (or last tried) artifact",

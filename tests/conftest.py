@@ -143,3 +143,29 @@ def tiny_fs(tmp_path: Path):
     yield mount
     for where in reversed(mounted):
         subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def qat_adapter(tmp_path_factory: pytest.TempPathFactory, demo_data, base_ckpt):
+    """A quant-aware LoRA adapter (``--quant-aware jetson``: s8s8) trained 2 epochs on line B:
+    ``(TrainResult, AdapterPackage)``."""
+    from edge_lora.train.adapter_io import read_adapter
+    from edge_lora.train.api import train
+    from edge_lora.train.config import LoraSettings, TrainOptions
+
+    out = tmp_path_factory.mktemp("qat") / "line_b_s8s8"
+    result = train(
+        TrainOptions(
+            base=base_ckpt,
+            data=demo_data.line_b_yaml,
+            out=out,
+            lora=LoraSettings(rank=4, alpha=8),
+            epochs=2,
+            imgsz=IMGSZ,
+            batch=4,
+            workers=0,
+            extra=fast_train_args(),
+            quant_aware="jetson",
+        )
+    )
+    return result, read_adapter(out)

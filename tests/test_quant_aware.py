@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import IMGSZ, fast_train_args
+from conftest import IMGSZ
 
 from edge_lora.cli.main import main
 from edge_lora.errors import InputError
@@ -18,7 +18,7 @@ from edge_lora.fileio import sha256_file
 from edge_lora.models import load_detection_model
 from edge_lora.runtime.frames import read_image
 from edge_lora.runtime.prepost import preprocess
-from edge_lora.train.adapter_io import build_adapted_model, read_adapter
+from edge_lora.train.adapter_io import build_adapted_model
 from edge_lora.train.config import LoraSettings, TrainOptions
 from edge_lora.train.inject import inject_lora, lora_config, plan_targets
 from edge_lora.train.quant_aware import (
@@ -221,28 +221,6 @@ def test_switching_off_and_removing(qat_model):
 # --- training ---------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def qat_adapter(tmp_path_factory, demo_data, base_ckpt):
-    from edge_lora.train.api import train
-
-    out = tmp_path_factory.mktemp("qat") / "line_b_s8s8"
-    result = train(
-        TrainOptions(
-            base=base_ckpt,
-            data=demo_data.line_b_yaml,
-            out=out,
-            lora=LoraSettings(rank=4, alpha=8),
-            epochs=2,
-            imgsz=IMGSZ,
-            batch=4,
-            workers=0,
-            extra=fast_train_args(),
-            quant_aware="jetson",
-        )
-    )
-    return result, read_adapter(out)
-
-
 @pytest.mark.slow
 def test_quant_aware_training_keeps_the_base_bit_exact(qat_adapter, base_ckpt):
     result, package = qat_adapter
@@ -259,7 +237,9 @@ def test_package_records_scheme_and_one_scale_per_adapted_conv(qat_adapter, trai
     record = package.meta["quant_aware"]
     assert record["scheme"] == "s8s8" and record["target"].startswith("jetson")
     assert record["method"] == "minmax-fixed" and record["calibration_images"] > 0
-    assert set(record["scales"]) == set(package.meta["lora"]["target_modules"])
+    # every adapted conv but the stem, which the export keeps float (float_stem) and so is trained float
+    assert record["float_convs"] == ["model.0.conv"]
+    assert set(record["scales"]) == set(package.meta["lora"]["target_modules"]) - {"model.0.conv"}
     for entry in record["scales"].values():
         assert entry["scale"] > 0 and entry["zero_point"] == 0 and entry["dtype"] == "int8"
     assert result.quant_scheme == "s8s8"

@@ -121,6 +121,9 @@ def build_target(
 
     reference = reference_stage(ctx, adapter, profile, records)
     exported = export_stage(ctx, merged, profile, records)
+    for note in exported.result.notes:  # e.g. a quant-aware adapter built for another scheme (also cached)
+        notes.append(note)
+        emit("note", {"message": note})
     searched = accuracy_aware_variant(profile)
 
     def retry_int8() -> dict[str, Any] | None:

@@ -75,6 +75,8 @@ def export_cmd(
     console.print(table)
     for precision, why in result.failures.items():
         console.print(f"[yellow]{precision} not built[/yellow]: {why}")
+    for note in result.notes:
+        console.print(f"[yellow]note[/yellow] {note}")
     if json_path:
         atomic_write_json(json_path, result.to_dict())
 

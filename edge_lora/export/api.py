@@ -27,6 +27,7 @@ from edge_lora.fileio import atomic_output_dir, check_output, sha256_file
 _log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
+    from edge_lora.export.onnx.adapter_scales import AdapterScales
     from edge_lora.profiles import TargetProfile
 
 
@@ -98,6 +99,9 @@ class ExportResult:
     artifacts: list[Artifact]
     calibration: Path | None
     failures: dict[str, str]  # precision -> why it could not be built
+    notes: list[str] = field(
+        default_factory=list
+    )  # what the user should know (e.g. unused quant-aware scales)
 
     def to_dict(self, relative_to: Path | None = None) -> dict[str, Any]:
         """JSON-able form; with ``relative_to`` (the export folder, or one above it), paths inside it are
@@ -110,6 +114,7 @@ class ExportResult:
             "artifacts": [a.to_dict(relative_to) for a in self.artifacts],
             "calibration": _path_str(self.calibration, relative_to) if self.calibration else None,
             "failures": self.failures,
+            "notes": list(self.notes),
         }
 
     @classmethod
@@ -123,6 +128,7 @@ class ExportResult:
             [Artifact.from_dict(a, base) for a in d["artifacts"]],
             _resolved(d["calibration"], base) if d.get("calibration") else None,
             dict(d.get("failures") or {}),
+            list(d.get("notes") or []),
         )
 
 
@@ -173,7 +179,8 @@ def export(
     check_output(out, overwrite)
     from edge_lora.models import load_detection_model
 
-    load_detection_model(model)  # a missing file or a non-detector fails here, before any work
+    loaded = load_detection_model(model)  # a missing file or a non-detector fails here, before any work
+    scales = _adapter_scales(loaded.provenance)
     if "int8" in chain and calib is None and data is None:
         raise InputError(
             f"target {profile.name} builds INT8: pass --data DATA.yaml or --calib DIR for calibration"
@@ -183,7 +190,7 @@ def export(
     # Everything is written into a temp folder renamed at the end: a failed export leaves nothing behind.
     # Its paths are written relative to the temp folder and read back against the final one.
     with atomic_output_dir(out, overwrite) as tmp:
-        result = _export_into(tmp, profile, chain, model, model_sha, data, calib, on_progress)
+        result = _export_into(tmp, profile, chain, model, model_sha, data, calib, on_progress, scales)
         relative = result.to_dict(relative_to=tmp)
     return ExportResult.from_dict(relative, out)
 
@@ -197,6 +204,7 @@ def _export_into(
     data: Path | None,
     calib: str | Path | None,
     on_progress: Callable[[str], None] | None = None,
+    scales: AdapterScales | None = None,
 ) -> ExportResult:
     from edge_lora.export.onnx.exporter import export_onnx
 
@@ -216,6 +224,7 @@ def _export_into(
     )
     artifacts: list[Artifact] = []
     failures: dict[str, str] = {}
+    notes: list[str] = []
     fp32_seconds = time.perf_counter() - t0
     spec = backends.get(profile.backend)
     if spec.fp32_is_onnx and "fp32" in chain:  # ONNX Runtime: the FP32 ONNX is its fp32 artifact
@@ -239,13 +248,12 @@ def _export_into(
     for precision in chain:
         if spec.fp32_is_onnx and precision == "fp32":
             continue
-        start = time.perf_counter()
+        job = ExportJob(
+            profile, precision, fp32.path, model, model_sha, calib_set, out, data, time.perf_counter(),
+            on_progress, scales if precision == "int8" else None, notes,
+        )  # fmt: skip
         try:
-            artifacts.append(
-                _export_one(
-                    profile, precision, fp32.path, model, model_sha, calib_set, out, data, start, on_progress
-                )
-            )
+            artifacts.append(backends.get(profile.backend).export_function()(job))
         except ToolError as e:
             failures[precision] = str(e)
     if not artifacts:
@@ -253,7 +261,7 @@ def _export_into(
             f"no artifact could be built for {profile.name}: "
             + "; ".join(f"{k}: {v}" for k, v in failures.items())
         )
-    return ExportResult(out, profile.name, model_sha, fp32.path, artifacts, calib_dir, failures)
+    return ExportResult(out, profile.name, model_sha, fp32.path, artifacts, calib_dir, failures, notes)
 
 
 def _accuracy_control(profile, data: Path | None, calib_set):
@@ -270,38 +278,71 @@ def _accuracy_control(profile, data: Path | None, calib_set):
     )
 
 
-def _qdq(
-    profile,
-    fp32_onnx: Path,
-    out_path: Path,
-    calib_set,
-    model: Path,
-    model_sha: str,
-    data: Path | None,
-    on_progress: Callable[[str], None] | None = None,
-):
+def _qdq(job: ExportJob, out_path: Path) -> tuple[Any, dict[str, Any] | None, dict[str, Any] | None]:
     """INT8 QDQ under the profile's quantization policy (u8s8 for ORT on x86, s8s8 for TensorRT); with
-    ``quantization.accuracy_aware``, the fewest convs float that bring it within the INT8 target.
-    Returns the QdqResult and the search record (None without the search)."""
+    ``quantization.accuracy_aware``, the fewest convs float that bring it within the INT8 target. A
+    quant-aware adapter's activation scales go into the graph as trained when its scheme is the policy's.
+    Returns the QdqResult, the search record (None without the search) and the quant-aware record."""
     from edge_lora.export.onnx.qdq import quantize_qdq
     from edge_lora.export.policy import QuantPolicy
 
-    kwargs = dict(imgsz=profile.imgsz, source_checkpoint=model, source_sha256=model_sha, overwrite=True)
+    profile = job.profile
     policy = QuantPolicy.from_profile(profile)
+    kwargs: dict[str, Any] = dict(
+        imgsz=profile.imgsz, source_checkpoint=job.model, source_sha256=job.model_sha, overwrite=True
+    )
+    quant_aware = _use_adapter_scales(job, policy.scheme)
+    if quant_aware is None and job.adapter_scales is not None:
+        kwargs["adapter_scales"] = job.adapter_scales
     if profile.quantization is not None and profile.quantization.accuracy_aware:
         from edge_lora.export.onnx.accuracy_aware import quantize_accuracy_aware
 
-        return quantize_accuracy_aware(
-            fp32_onnx,
+        res, search = quantize_accuracy_aware(
+            job.fp32_onnx,
             out_path,
-            calib_set,
+            job.calib_set,
             policy,
             profile=profile,
-            data=data,
-            on_progress=on_progress or _log.info,
+            data=job.data,
+            on_progress=job.on_progress or _log.info,
             **kwargs,
         )
-    return quantize_qdq(fp32_onnx, out_path, calib_set, policy, profile=profile, **kwargs), None
+    else:
+        res = quantize_qdq(job.fp32_onnx, out_path, job.calib_set, policy, profile=profile, **kwargs)
+        search = None
+    return res, search, res.quant_aware or quant_aware
+
+
+def _adapter_scales(provenance: dict[str, Any]) -> AdapterScales | None:
+    """The quant-aware scales ``merge`` recorded from the adapter (None for any other checkpoint)."""
+    from edge_lora.export.onnx.adapter_scales import AdapterScales
+
+    return AdapterScales.from_record((provenance.get("adapter") or {}).get("quant_aware"))
+
+
+def _use_adapter_scales(job: ExportJob, scheme: str | None) -> dict[str, Any] | None:
+    """None when the job's quant-aware scales are to be used; else the record of why not (and a note).
+
+    ``scheme`` None: the backend quantizes with its own tool (OpenVINO NNCF), which calibrates its own.
+    """
+    scales = job.adapter_scales
+    if scales is None:
+        return None
+    if scheme is None:
+        why = (
+            f"the adapter was trained quant-aware for {scales.scheme}, but {job.profile.name} quantizes with "
+            f"{backends.get(job.profile.backend).display}'s own calibration: its scales are not used; "
+            "INT8 is validated as usual"
+        )
+    else:
+        why = scales.mismatch(scheme, job.profile.name)
+    if why is None:
+        imgsz_note = scales.imgsz_note(job.profile.imgsz)
+        if imgsz_note:
+            job.note(f"{job.profile.name}: {imgsz_note}")
+        return None
+    job.note(f"{job.profile.name}: {why}")
+    return {"source": "calibration", "adapter_scheme": scales.scheme, "used": False, "reason": why}
 
 
 @dataclass
@@ -322,28 +363,20 @@ class ExportJob:
     data: Path | None
     start: float
     on_progress: Callable[[str], None] | None = None
+    adapter_scales: AdapterScales | None = None  # a quant-aware adapter's activation scales (INT8 jobs)
+    notes: list[str] = field(default_factory=list)  # the export's notes, appended to by the exporter
+
+    def note(self, message: str) -> None:
+        """Tell the user (the export result's ``notes``, the log and the progress callback)."""
+        if message not in self.notes:
+            self.notes.append(message)
+            _log.warning("%s", message)
+            if self.on_progress is not None:
+                self.on_progress(message)
 
     def artifact(self, backend: str, path: Path, details: dict[str, Any] | None = None) -> Artifact:
         """The built artifact, timed from ``start``."""
         return Artifact(backend, self.precision, path, time.perf_counter() - self.start, details or {})
-
-
-def _export_one(
-    profile,
-    precision: str,
-    fp32_onnx: Path,
-    model: Path,
-    model_sha: str,
-    calib_set,
-    out: Path,
-    data: Path | None,
-    start: float,
-    on_progress: Callable[[str], None] | None = None,
-) -> Artifact:
-    """Build one precision with the exporter the profile's backend registered (imported only now)."""
-    spec = backends.get(profile.backend)
-    job = ExportJob(profile, precision, fp32_onnx, model, model_sha, calib_set, out, data, start, on_progress)
-    return spec.export_function()(job)
 
 
 def export_onnxruntime(job: ExportJob) -> Artifact:
@@ -351,10 +384,7 @@ def export_onnxruntime(job: ExportJob) -> Artifact:
     profile, precision = job.profile, job.precision
     if precision != "int8":
         raise ToolError(f"ONNX Runtime on {profile.name}: {precision} is not built for CPU providers")
-    out_path = job.out / "onnxruntime-int8" / "model.onnx"
-    res, search = _qdq(
-        profile, job.fp32_onnx, out_path, job.calib_set, job.model, job.model_sha, job.data, job.on_progress
-    )
+    res, search, quant_aware = _qdq(job, job.out / "onnxruntime-int8" / "model.onnx")
     details = {
         "quantize_nodes": res.quantize_nodes,
         "quantized_convs": res.quantized_convs,
@@ -363,6 +393,8 @@ def export_onnxruntime(job: ExportJob) -> Artifact:
     }
     if search is not None:
         details["accuracy_aware"] = search
+    if quant_aware is not None:
+        details["quant_aware"] = quant_aware
     return Artifact("onnxruntime", "int8", res.path, time.perf_counter() - job.start, details)
 
 
@@ -373,6 +405,7 @@ def export_openvino_ir(job: ExportJob) -> Artifact:
     profile, precision, calib_set = job.profile, job.precision, job.calib_set
     sample = _check_images(job.data, 1)
     control = None
+    quant_aware = _use_adapter_scales(job, None) if precision == "int8" else None
     if precision == "int8" and profile.openvino is not None and profile.openvino.accuracy_aware:
         control = _accuracy_control(profile, job.data, calib_set)
     res = export_openvino(
@@ -390,7 +423,11 @@ def export_openvino_ir(job: ExportJob) -> Artifact:
         precision,
         res.xml,
         time.perf_counter() - job.start,
-        {"quantization": getattr(res, "quantization", None), "parity": getattr(res, "parity", None)},
+        {
+            "quantization": getattr(res, "quantization", None),
+            "parity": getattr(res, "parity", None),
+            **({"quant_aware": quant_aware} if quant_aware else {}),
+        },
     )
 
 
@@ -402,20 +439,13 @@ def export_tensorrt_plan(job: ExportJob) -> Artifact:
     source = job.fp32_onnx
     details: dict[str, Any] = {}
     if precision == "int8":
-        qdq, search = _qdq(
-            profile,
-            job.fp32_onnx,
-            out / "tensorrt-int8-qdq" / "model.onnx",
-            job.calib_set,
-            job.model,
-            job.model_sha,
-            job.data,
-            job.on_progress,
-        )
+        qdq, search, quant_aware = _qdq(job, out / "tensorrt-int8-qdq" / "model.onnx")
         source = qdq.path
         details = {"quantize_nodes": qdq.quantize_nodes, "activation_dtype": qdq.activation_dtype}
         if search is not None:
             details["accuracy_aware"] = search
+        if quant_aware is not None:
+            details["quant_aware"] = quant_aware
     plan = prepare_tensorrt(
         source, out / f"tensorrt-{precision}", profile, precision=precision, overwrite=True
     )

@@ -267,13 +267,27 @@ def _calibrate_quant_aware(
     model: nn.Module, targets: list[str], data: Any, options: TrainOptions
 ) -> dict[str, Any]:
     """MinMax ranges of the adapted convs' inputs on train images -> fixed activation quantizers."""
-    from edge_lora.train.quant_aware import activation_quant, calibrate, calibration_images
+    from edge_lora.train.quant_aware import (
+        activation_quant,
+        calibrate,
+        calibration_images,
+        float_stem_for,
+        stem_convs,
+    )
 
     start = time.perf_counter()
+    # The export keeps the stem float (policy float_stem): train it float too, or the shipped model differs.
+    floats = sorted(set(targets) & stem_convs(model)) if float_stem_for(options.quant_target) else []
+    quantized = [t for t in targets if t not in floats]
     images = calibration_images(data.splits["train"], options.quant_calibration_images)
-    ranges = calibrate(model, targets, images, options.imgsz)
+    ranges = calibrate(model, quantized, images, options.imgsz)
     scales = {n: activation_quant(lo, hi, str(options.quant_scheme)) for n, (lo, hi) in ranges.items()}
-    return {"scales": scales, "images": len(images), "seconds": time.perf_counter() - start}
+    return {
+        "scales": scales,
+        "float_convs": floats,
+        "images": len(images),
+        "seconds": time.perf_counter() - start,
+    }
 
 
 def _quant_record(quant: dict[str, Any], options: TrainOptions) -> dict[str, Any]:
@@ -287,6 +301,7 @@ def _quant_record(quant: dict[str, Any], options: TrainOptions) -> dict[str, Any
         quant["images"],
         options.imgsz,
         quant["seconds"],
+        quant["float_convs"],
     )
 
 

@@ -113,6 +113,30 @@ def resolve_scheme(value: str) -> tuple[str, str | None]:
     return profile.quantization.scheme, profile.name
 
 
+def float_stem_for(target: str | None) -> bool:
+    """Whether the export keeps the stem conv float: the target's ``quantization.float_stem``, else the
+    policy's default (on; :mod:`edge_lora.export.policy`)."""
+    if target is None:
+        return True
+    from edge_lora.profiles.device import resolve_target
+
+    profile, _ = resolve_target(target)
+    return profile.quantization is None or bool(profile.quantization.float_stem)
+
+
+def stem_convs(model: nn.Module) -> set[str]:
+    """The convs that read the image: those of the model's first layer with 3 input channels.
+
+    The QDQ export keeps them float by default (``float_stem``), so quant-aware training must not round
+    them either: the trained model would otherwise differ from the one that ships.
+    """
+    return {
+        name
+        for name, m in model.named_modules()
+        if name.startswith("model.0.") and isinstance(m, nn.Conv2d) and m.in_channels == 3
+    }
+
+
 def activation_quant(rmin: float, rmax: float, scheme: str) -> ActivationQuant:
     """The scale and zero point ONNX Runtime's ``compute_scale_zp`` gives a calibrated range, per scheme."""
     if scheme not in SCHEMES:
@@ -480,8 +504,10 @@ def quant_aware_record(
     images: int,
     imgsz: int,
     seconds: float,
+    float_convs: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """The adapter package's ``quant_aware`` section: scheme, method and one input quantizer per conv."""
+    """The adapter package's ``quant_aware`` section: scheme, method and one input quantizer per conv
+    (``float_convs``: adapted convs trained in float because the export keeps them float, the stem)."""
     return {
         "scheme": scheme,
         "target": target,
@@ -495,6 +521,7 @@ def quant_aware_record(
         if scheme == "u8s8"
         else "per tensor, fixed: symmetric int8",
         "scales": {n: {**scales[n].to_dict(), "bn_folded": folded[n]} for n in scales},
+        "float_convs": sorted(float_convs),
     }
 
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import onnx
 
-__all__ = ["quantized_nodes", "revert_to_float"]
+__all__ = ["float_readers", "quantized_nodes", "revert_to_float"]
 
 _FLOAT_SUFFIX = "__float"
 
@@ -76,6 +76,40 @@ def revert_to_float(qdq: onnx.ModelProto, fp32: onnx.ModelProto, nodes: Iterable
     _float_outputs(model, wanted)
     _drop_unread(model)
     return model
+
+
+def float_readers(model: onnx.ModelProto, op_types: Iterable[str] = ("Conv",)) -> int:
+    """Let the float readers of a quantized conv input read the float tensor, in place; return how many.
+
+    ONNX Runtime shares a tensor's one DequantizeLinear (or, for TensorRT, a dedicated copy) with every
+    reader, so a residual Add or a Concat that reads a conv's input reads it rounded. Quant-aware training
+    rounds only what the conv reads (:mod:`edge_lora.train.quant_aware`), so the graph of a quant-aware
+    adapter gives the other readers the float tensor back, which is what was trained. A tensor a quantized
+    node writes (ONNX Runtime's u8s8 Conv output) keeps its readers: that rounding is ONNX Runtime's fusion.
+    """
+    producer = {out: n for n in model.graph.node for out in n.output}
+    quantized = set(quantized_nodes(model, op_types))
+    types = set(op_types)
+    bypass: dict[str, str] = {}  # DQ output -> the float tensor its Q read
+    for n in model.graph.node:
+        q = producer.get(n.input[0]) if n.op_type == "DequantizeLinear" else None
+        if q is None or q.op_type != "QuantizeLinear":
+            continue  # not a DQ, or a weight's
+        writer = producer.get(q.input[0])
+        if writer is not None and writer.name in quantized:
+            continue
+        bypass[n.output[0]] = q.input[0]
+    changed = 0
+    for n in model.graph.node:
+        if n.op_type in types or n.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        for i, name in enumerate(n.input):
+            if name in bypass:
+                n.input[i] = bypass[name]
+                changed += 1
+    if changed:
+        _drop_unread(model)
+    return changed
 
 
 def _float_outputs(model: onnx.ModelProto, reverted: set[str]) -> None:

@@ -30,6 +30,8 @@ import numpy as np
 from edge_lora.errors import EdgeLoraError, InputError, ModelError, ToolError
 from edge_lora.export.artifact import sidecar_path
 from edge_lora.export.calibration import CalibrationSet, OrtCalibrationReader, calibration_record
+from edge_lora.export.onnx.adapter_scales import AdapterScales, adapter_overrides, check_scales_in_graph
+from edge_lora.export.onnx.float_revert import float_readers
 from edge_lora.export.policy import QuantPlan, QuantPolicy, plan
 from edge_lora.fileio import check_output, sha256_file
 from edge_lora.validate.parity import cosine_similarity
@@ -80,6 +82,7 @@ class QdqResult:
     activation_dtype: str
     agreement: dict[str, float]
     seconds: float
+    quant_aware: dict[str, Any] | None = None  # the adapter's scales used for its convs (adapter_scales)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -252,6 +255,7 @@ def quantize_qdq(
     write_sidecar: bool = True,
     calibration_cache: str | Path | None = None,
     record_extra: Mapping[str, Any] | None = None,
+    adapter_scales: AdapterScales | None = None,
 ) -> QdqResult:
     """Quantize an FP32 ONNX detector to INT8 QDQ with ONNX Runtime, under ``policy``.
 
@@ -272,6 +276,8 @@ def quantize_qdq(
             written by the first call, read instead of calibrating again by the next (same model, set and
             method; the accuracy-aware export quantizes the same graph twice).
         record_extra: more entries for the sidecar (e.g. the accuracy-aware search's record).
+        adapter_scales: a quant-aware adapter's activation scales (same scheme as ``policy``): the inputs of
+            its adapted convs get exactly those scales instead of calibrated ones (checked in the result).
 
     Raises:
         InputError / ModelError: bad arguments, an already quantized or non-YOLO graph.
@@ -328,12 +334,16 @@ def quantize_qdq(
         prepared = _prepare(fp32, workdir / "prepared.onnx")
         the_plan = plan(prepared, policy)
         _unshare_float_initializers(prepared, set(the_plan.keep_float))
+        overrides, quant_aware = adapter_overrides(prepared, adapter_scales, policy.scheme)
         quantized = workdir / "quantized.onnx"
         _run_quantize_static(
-            prepared, quantized, calib_set, policy, the_plan, input_name, hw, batch, method, calibration_cache
-        )
+            prepared, quantized, calib_set, policy, the_plan, input_name, hw, batch, method,
+            calibration_cache, overrides,
+        )  # fmt: skip
 
         qproto = onnx.load(str(quantized))
+        if quant_aware is not None:  # the graph computes what the quant-aware adapter was trained with
+            quant_aware["float_readers"] = float_readers(qproto, policy.op_types)
         _prune_opsets(qproto)
         present = {p.key for p in qproto.metadata_props}
         for key, value in meta.items():  # keep Ultralytics' metadata (names, imgsz, stride, end2end ...)
@@ -347,6 +357,8 @@ def quantize_qdq(
             raise ToolError(f"the QDQ graph fails onnx.checker: {str(exc).splitlines()[0]}") from exc
         stats = qdq_stats(qproto)
         _check_promises(qproto, the_plan, policy, stats)
+        if quant_aware is not None:
+            quant_aware.update(check_scales_in_graph(qproto, overrides))
         agreement = _agreement(proto, qproto, calib_set, hw, batch)
         sidecar_path(out_path).unlink(missing_ok=True)  # an old sidecar would describe the replaced file
         os.replace(quantized, out_path)
@@ -373,6 +385,7 @@ def quantize_qdq(
         activation_dtype=act[0] if len(act) == 1 else ",".join(act),
         agreement=agreement,
         seconds=round(time.perf_counter() - t0, 3),
+        quant_aware=quant_aware,
     )
     if write_sidecar:
         from edge_lora.export.artifact import write_sidecar as _write
@@ -470,10 +483,13 @@ def _run_quantize_static(
     batch: int,
     method: str,
     calibration_cache: str | Path | None = None,
+    overrides: Mapping[str, list[dict[str, Any]]] | None = None,
 ) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     extra = policy.ort_extra_options()
+    if overrides:
+        extra["TensorQuantOverrides"] = {k: [dict(e) for e in v] for k, v in overrides.items()}
     # No CalibMaxIntermediateOutputs: in onnxruntime 1.32 MinMaxCalibrater.collect_data() clears the collected
     # outputs every N batches without folding them into the ranges, so only the last partial chunk would
     # calibrate (and a set that is a multiple of N fails with "No data is collected"). MinMax keeps only
