@@ -6,8 +6,12 @@ PY     := $(VENV)/bin/python
 CLI    := $(VENV)/bin/edge-lora
 STAMP  := $(VENV)/.installed
 DEMO   ?= demo_out
+DEVICE_VENV ?= .venv-device
+WHEELS      ?= build/wheels
+VERSION     := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' edge_lora/__init__.py)
+DEVICE_WHEEL = $(WHEELS)/edge_lora_runtime-$(VERSION)-py3-none-any.whl
 
-.PHONY: install test test-fast lint format demo bench clean gpu-wheels gpu-check-cpu
+.PHONY: install test test-fast lint format demo bench clean gpu-wheels gpu-check-cpu device-wheel device-venv
 
 install: $(STAMP)
 
@@ -49,6 +53,20 @@ gpu-wheels: $(STAMP)
 # The GPU check's steps here, on the CPU (--device cpu, .venv; ~8 min on 2 cores).
 gpu-check-cpu: $(STAMP)
 	GPU_CHECK_DEVICE=cpu bash scripts/gpu_check.sh
+
+# The device distribution (packaging/runtime/, README "Installing on a line PC / a Jetson"): the wheel a line
+# PC or a Jetson installs, built from this checkout (pip fetches hatchling into an isolated build env).
+device-wheel:
+	$(PYTHON) -m pip wheel --no-deps -q -w $(WHEELS) packaging/runtime
+	@echo "built $(DEVICE_WHEEL)"
+
+# .venv-device: only edge-lora-runtime and its OpenVINO extra, as a line PC gets it (no torch, no .venv).
+device-venv: device-wheel
+	rm -rf $(DEVICE_VENV)
+	$(PYTHON) -m venv $(DEVICE_VENV)
+	$(DEVICE_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(DEVICE_VENV)/bin/python -m pip install --quiet "$(DEVICE_WHEEL)[openvino]"
+	$(DEVICE_VENV)/bin/edge-lora --version
 
 clean:
 	rm -rf $(DEMO) .pytest_cache .ruff_cache
