@@ -146,13 +146,18 @@ def candidate_label(c: dict[str, Any]) -> str:
     return f"{label} {c['variant']}" if c.get("variant") else label
 
 
+def _with_record(candidates: list[dict[str, Any]], key: str) -> Iterator[tuple[dict[str, Any], Any]]:
+    """``(candidate, record)`` for each candidate whose export details hold a ``key`` record."""
+    for c in candidates:
+        record = (c.get("details") or {}).get(key)
+        if record:
+            yield c, record
+
+
 def _accuracy_aware_lines(candidates: list[dict[str, Any]]) -> list[str]:
     """What the accuracy-aware search kept float, what each conv saved and cost (from the export record)."""
     lines: list[str] = []
-    for c in candidates:
-        record = (c.get("details") or {}).get("accuracy_aware")
-        if not record:
-            continue
+    for c, record in _with_record(candidates, "accuracy_aware"):
         n = len(record["float_nodes"])
         lines += [
             "",
@@ -177,10 +182,7 @@ def _accuracy_aware_lines(candidates: list[dict[str, Any]]) -> list[str]:
 def _quant_aware_lines(candidates: list[dict[str, Any]]) -> list[str]:
     """Where an INT8 candidate's activation scales came from, for a quant-aware adapter (export record)."""
     lines: list[str] = []
-    for c in candidates:
-        record = (c.get("details") or {}).get("quant_aware")
-        if not record:
-            continue
+    for c, record in _with_record(candidates, "quant_aware"):
         if record.get("source") == "adapter":
             float_note = f", {record['float']} of them kept float" if record.get("float") else ""
             text = (
@@ -266,7 +268,8 @@ def write_report(
         f"# Deploy bundle for `{profile.name}`\n\n"
         "Everything the line needs: the model under `model/`, the unmerged reference under `reference/`, and\n"
         "`manifest.json` with the sha256 of every file, the classes, thresholds and the validation verdict.\n\n"
-        "On the device (needs only `pip install edge-lora[runtime]`; no torch):\n\n"
+        "On the device (needs only the `edge-lora-runtime` wheel, `make device-wheel` in edge-lora's "
+        "repository; no torch):\n\n"
         "```bash\n"
         "edge-lora verify .                       # every hash, the manifest schema\n"
         + _device_step_line(_spec(profile))

@@ -94,26 +94,24 @@ def fast_train_args() -> dict:
     return {"nbs": 4, "warmup_epochs": 0, "mosaic": 0.0, "close_mosaic": 0, "lr0": 0.01, "optimizer": "AdamW"}
 
 
-@pytest.fixture(scope="session")
-def trained_adapter(tmp_path_factory: pytest.TempPathFactory, demo_data, base_ckpt):
-    """A LoRA adapter trained for 2 epochs on line B (returns the TrainResult)."""
+def train_line_b(base: Path, data: Path, out: Path, **options):
+    """``train()`` of a rank-4 LoRA adapter for 2 epochs on ``data`` at the tests' size (``options`` add to
+    ``TrainOptions``, e.g. ``quant_aware``); returns the TrainResult."""
     from edge_lora.train.api import train
     from edge_lora.train.config import LoraSettings, TrainOptions
 
-    out = tmp_path_factory.mktemp("adapters") / "line_b"
     return train(
         TrainOptions(
-            base=base_ckpt,
-            data=demo_data.line_b_yaml,
-            out=out,
-            lora=LoraSettings(rank=4, alpha=8),
-            epochs=2,
-            imgsz=IMGSZ,
-            batch=4,
-            workers=0,
-            extra=fast_train_args(),
+            base=base, data=data, out=out, lora=LoraSettings(rank=4, alpha=8), epochs=2, imgsz=IMGSZ,
+            batch=4, workers=0, extra=fast_train_args(), **options,
         )
-    )
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def trained_adapter(tmp_path_factory: pytest.TempPathFactory, demo_data, base_ckpt):
+    """A LoRA adapter trained for 2 epochs on line B (returns the TrainResult)."""
+    return train_line_b(base_ckpt, demo_data.line_b_yaml, tmp_path_factory.mktemp("adapters") / "line_b")
 
 
 @pytest.fixture
@@ -150,22 +148,7 @@ def qat_adapter(tmp_path_factory: pytest.TempPathFactory, demo_data, base_ckpt):
     """A quant-aware LoRA adapter (``--quant-aware jetson``: s8s8) trained 2 epochs on line B:
     ``(TrainResult, AdapterPackage)``."""
     from edge_lora.train.adapter_io import read_adapter
-    from edge_lora.train.api import train
-    from edge_lora.train.config import LoraSettings, TrainOptions
 
     out = tmp_path_factory.mktemp("qat") / "line_b_s8s8"
-    result = train(
-        TrainOptions(
-            base=base_ckpt,
-            data=demo_data.line_b_yaml,
-            out=out,
-            lora=LoraSettings(rank=4, alpha=8),
-            epochs=2,
-            imgsz=IMGSZ,
-            batch=4,
-            workers=0,
-            extra=fast_train_args(),
-            quant_aware="jetson",
-        )
-    )
+    result = train_line_b(base_ckpt, demo_data.line_b_yaml, out, quant_aware="jetson")
     return result, read_adapter(out)

@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import IMGSZ, fast_train_args, lively_checkpoint
+from conftest import IMGSZ, lively_checkpoint, train_line_b
 from onnx import numpy_helper
 
 from edge_lora.export.api import export
@@ -78,16 +78,9 @@ def lively_base(base_ckpt, demo_data, tmp_path_factory):
 def qat_adapter(lively_base, demo_data, tmp_path_factory):
     """``train --quant-aware jetson`` (s8s8) on the lively base: ``(TrainResult, AdapterPackage)``."""
     from edge_lora.train.adapter_io import read_adapter
-    from edge_lora.train.api import train
-    from edge_lora.train.config import LoraSettings, TrainOptions
 
     out = tmp_path_factory.mktemp("qat") / "line_b_s8s8"
-    result = train(
-        TrainOptions(
-            base=lively_base, data=demo_data.line_b_yaml, out=out, lora=LoraSettings(rank=4, alpha=8),
-            epochs=2, imgsz=IMGSZ, batch=4, workers=0, extra=fast_train_args(), quant_aware="jetson",
-        )
-    )  # fmt: skip
+    result = train_line_b(lively_base, demo_data.line_b_yaml, out, quant_aware="jetson")
     return result, read_adapter(out)
 
 
@@ -168,6 +161,17 @@ def test_export_puts_the_adapters_scales_into_the_qdq_graph(merged_qat, qat_adap
         scale, zero_point, dtype = quantizers[inputs[module]]
         assert scale == np.float32(recorded[module]["scale"]), module
         assert zero_point == recorded[module]["zero_point"] == 0 and dtype == "int8", module
+    # the residual Adds / Concats that read an adapted conv's input read it float, as in training
+    proto = onnx.load(str(qdq))
+    dq_outputs = {n.output[0] for n in proto.graph.node if n.op_type == "DequantizeLinear"}
+    inits = {t.name for t in proto.graph.initializer}
+    rounded = [
+        n.name
+        for n in proto.graph.node
+        if n.op_type not in ("Conv", "QuantizeLinear", "DequantizeLinear")
+        and any(i in dq_outputs and i not in inits for i in n.input)
+    ]
+    assert record["float_readers"] > 0 and rounded == []
     sidecar = json.loads(qdq.with_name("model.onnx.json").read_text())
     assert sidecar["extra"]["quant_aware"]["convs"] == len(recorded)
     assert not result.notes

@@ -171,18 +171,6 @@ def adapter_overrides(
     return overrides, record
 
 
-def _initializer(proto: onnx.ModelProto, name: str) -> np.ndarray | None:
-    from onnx import numpy_helper
-
-    for t in proto.graph.initializer:
-        if t.name == name:
-            return numpy_helper.to_array(t)
-    for node in proto.graph.node:  # a scale the quantizer wrote as a Constant node
-        if node.op_type == "Constant" and node.output[0] == name:
-            return numpy_helper.to_array(node.attribute[0].t)
-    return None
-
-
 def check_scales_in_graph(
     qproto: onnx.ModelProto, overrides: Mapping[str, list[dict[str, Any]]]
 ) -> dict[str, int]:
@@ -191,6 +179,14 @@ def check_scales_in_graph(
     Returns ``{"quantized": tensors with a QuantizeLinear, "float": tensors left float}`` (a conv the policy
     or the accuracy-aware search keeps float has no quantizer to check). Raises ToolError on any difference.
     """
+    from onnx import numpy_helper
+
+    # ONNX Runtime writes every scale and zero point as an initializer
+    inits = {t.name: t for t in qproto.graph.initializer}
+
+    def value(name: str) -> np.ndarray | None:
+        return numpy_helper.to_array(inits[name]) if name in inits else None
+
     readers: dict[str, list[Any]] = {}
     for node in qproto.graph.node:
         if node.op_type == "QuantizeLinear" and node.input[0] in overrides:
@@ -198,8 +194,8 @@ def check_scales_in_graph(
     for tensor, nodes in readers.items():
         want = overrides[tensor][0]
         for node in nodes:
-            scale = _initializer(qproto, node.input[1])
-            zero_point = _initializer(qproto, node.input[2]) if len(node.input) > 2 else None
+            scale = value(node.input[1])
+            zero_point = value(node.input[2]) if len(node.input) > 2 else None
             if (
                 scale is None
                 or zero_point is None
