@@ -99,9 +99,8 @@ class ExportResult:
     artifacts: list[Artifact]
     calibration: Path | None
     failures: dict[str, str]  # precision -> why it could not be built
-    notes: list[str] = field(
-        default_factory=list
-    )  # what the user should know (e.g. unused quant-aware scales)
+    #: what the user should know (e.g. a quant-aware adapter's scales that were not used)
+    notes: list[str] = field(default_factory=list)
 
     def to_dict(self, relative_to: Path | None = None) -> dict[str, Any]:
         """JSON-able form; with ``relative_to`` (the export folder, or one above it), paths inside it are
