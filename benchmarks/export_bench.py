@@ -246,8 +246,8 @@ def export_edge(spec: dict[str, Any], profile: str, out: Path) -> dict[str, Any]
     }
 
 
-def export_ultralytics(spec: dict[str, Any], folder: Path) -> dict[str, Any]:
-    """Ultralytics' own exporter on a private copy of the checkpoint, timed from the .pt to the artifact."""
+def export_ultralytics(spec: dict[str, Any], folder: Path, checkpoint: Path = BASE) -> dict[str, Any]:
+    """Ultralytics' own exporter on a private copy of ``checkpoint``, timed from the .pt to the artifact."""
     from ultralytics import YOLO
 
     from edge_lora.export.onnx.ultralytics_export import no_runtime_installs
@@ -257,7 +257,7 @@ def export_ultralytics(spec: dict[str, Any], folder: Path) -> dict[str, Any]:
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
     local = folder / "model.pt"
-    shutil.copyfile(BASE, local)
+    shutil.copyfile(checkpoint, local)
     args = {**ULTRA_COMMON, **spec["args"]}
     t0 = time.perf_counter()
     with no_runtime_installs():  # never pip-install at run time; a missing requirement is an error row
