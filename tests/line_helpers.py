@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -47,15 +48,20 @@ def bundle_copy(tmp_path: Path) -> Path:
 class Broker:
     """amqtt (a pip-installed MQTT 3.1.1 broker) in its own process on 127.0.0.1:port; kill() is SIGKILL."""
 
-    def __init__(self, folder: Path, port: int | None = None) -> None:
+    def __init__(self, folder: Path, port: int | None = None, tls: dict[str, Path] | None = None) -> None:
         exe = Path(sys.executable).parent / "amqtt"
         if not exe.exists():
             pytest.skip("amqtt is not installed (pip install -e '.[dev]')")
         self.exe, self.port = exe, port or free_port()
         self.config = folder / "amqtt.yaml"
+        # tls: {certfile, keyfile[, cafile]}: a TLS listener (with cafile it also verifies client certificates)
+        ssl_lines = (
+            "    ssl: true\n" + "".join(f"    {k}: {v}\n" for k, v in (tls or {}).items()) if tls else ""
+        )
         self.config.write_text(
             "listeners:\n  default:\n    type: tcp\n"
             f"    bind: 127.0.0.1:{self.port}\n"
+            f"{ssl_lines}"
             "plugins:\n  amqtt.plugins.authentication.AnonymousAuthPlugin:\n    allow_anonymous: true\n"
         )
         self.proc: subprocess.Popen | None = None
@@ -148,7 +154,7 @@ class Relay:
 class Subscriber:
     """An MQTT subscriber (paho) collecting the payloads of one topic into ``messages`` (shared list)."""
 
-    def __init__(self, port: int, topic: str, messages: list[dict]) -> None:
+    def __init__(self, port: int, topic: str, messages: list[dict], tls: Any = None) -> None:
         import paho.mqtt.client as mqtt
         from paho.mqtt.enums import CallbackAPIVersion
 
@@ -157,6 +163,8 @@ class Subscriber:
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"test-sub-{port}-{time.time_ns()}")
         self.client.on_message = lambda c, u, msg: self.messages.append(json.loads(msg.payload))
         self.client.on_subscribe = lambda *a: self._subscribed.set()
+        if tls is not None:  # an ssl.SSLContext
+            self.client.tls_set_context(tls)
         self.client.connect("127.0.0.1", port, keepalive=30)
         self.client.loop_start()
         self.client.subscribe(topic, qos=1)

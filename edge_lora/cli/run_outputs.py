@@ -35,9 +35,25 @@ _OPTIONS = [
     click.option(
         "--mqtt",
         callback=_check_mqtt_url,
-        metavar="mqtt://HOST[:PORT]/TOPIC",
+        metavar="mqtt[s]://HOST[:PORT]/TOPIC",
         help="Also publish each verdict (its JSON line) to this broker topic, QoS 1; while the broker is "
-        'unreachable verdicts spool on disk and are replayed in order, marked "replay": true.',
+        'unreachable verdicts spool on disk and are replayed in order, marked "replay": true. '
+        "mqtts:// is TLS (port 8883), verified against the system CAs or --mqtt-ca.",
+    ),
+    click.option(
+        "--mqtt-ca",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        help="mqtts://: CA certificate file (PEM) to verify the broker with. [default: the system's CAs]",
+    ),
+    click.option(
+        "--mqtt-cert",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        help="mqtts://: client certificate (PEM), for a broker that requires one; with --mqtt-key.",
+    ),
+    click.option(
+        "--mqtt-key",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        help="mqtts://: the client certificate's private key (PEM, unencrypted).",
     ),
     click.option(
         "--station", help="This station's name; the MQTT client id is edge-lora-NAME. [default: host name]"
@@ -126,6 +142,9 @@ def open_outputs(
     *,
     out_path: Path | None,
     mqtt: str | None,
+    mqtt_ca: Path | None,
+    mqtt_cert: Path | None,
+    mqtt_key: Path | None,
     station: str | None,
     spool_dir: Path | None,
     spool_max: int,
@@ -138,8 +157,10 @@ def open_outputs(
     """Start the sinks the options ask for around ``line`` (a :class:`~edge_lora.runtime.line.LineRuntime`).
 
     Raises:
-        InputError: ``--metrics-port`` is in use.
+        InputError: ``--metrics-port`` is in use; a TLS option without ``mqtts://`` or a bad TLS file.
     """
+    if mqtt is None and any((mqtt_ca, mqtt_cert, mqtt_key)):
+        raise InputError("--mqtt-ca/--mqtt-cert/--mqtt-key apply to --mqtt mqtts://...; no --mqtt is given")
     outputs = Outputs()
     with contextlib.ExitStack() as stack:
         if metrics_port is not None:
@@ -182,7 +203,7 @@ def open_outputs(
             outputs.metrics = metrics
             outputs.sinks.append(metrics)
         if mqtt is not None:
-            from edge_lora.runtime.mqtt_sink import MqttSink, default_spool_path
+            from edge_lora.runtime.mqtt_sink import MqttSink, MqttTls, default_spool_path
 
             name = station or socket.gethostname()
             folder = (
@@ -194,6 +215,7 @@ def open_outputs(
                     mqtt,
                     station=name,
                     spool_path=spool,
+                    tls=MqttTls(ca_file=mqtt_ca, cert_file=mqtt_cert, key_file=mqtt_key),
                     spool_max_messages=spool_max,
                     spool_max_bytes=max(1, int(spool_max_mb * (1 << 20))),
                     log=log,

@@ -14,6 +14,12 @@ What it guarantees:
   it may have seen before (sent, then the connection dropped before the broker's ack) is marked as a replay;
 * a broker down at start is not an error: one line says so, and the verdicts spool until it answers. What is
   still spooled at the end stays in the file and is replayed by the next run with the same spool.
+
+``mqtts://`` (port 8883 by default) connects over TLS: the broker's certificate is verified against the system's
+CA store, or against ``MqttTls(ca_file=...)``, and its host name checked; ``cert_file``/``key_file`` add a client
+certificate for brokers that require one. The files are read when the sink is made, so a bad file is one error
+line before the model loads; a broker whose certificate fails verification is reported (once per outage) like
+any unreachable broker, and the verdicts spool.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import json
 import os
 import select
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -39,9 +46,10 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from edge_lora.errors import InputError
 from edge_lora.runtime.spool import Spool
 
-__all__ = ["MqttSink", "MqttStats", "MqttTarget", "default_spool_path", "parse_mqtt_url"]
+__all__ = ["MqttSink", "MqttStats", "MqttTarget", "MqttTls", "default_spool_path", "parse_mqtt_url"]
 
 DEFAULT_PORT = 1883
+DEFAULT_TLS_PORT = 8883
 
 
 def _stderr(msg: str) -> None:
@@ -57,25 +65,61 @@ class MqttTarget:
     topic: str
     username: str | None = None
     password: str | None = None
+    tls: bool = False  # mqtts://
 
     def __str__(self) -> str:
         user = f"{self.username}@" if self.username else ""
-        return f"mqtt://{user}{self.host}:{self.port}/{self.topic}"
+        return f"{'mqtts' if self.tls else 'mqtt'}://{user}{self.host}:{self.port}/{self.topic}"
+
+
+@dataclass(frozen=True)
+class MqttTls:
+    """TLS settings of an ``mqtts://`` broker: a CA bundle to verify it with (default: the system's), and a
+    client certificate and key for brokers that require one. Paths are named by ``options`` in errors."""
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    options: tuple[str, str, str] = ("--mqtt-ca", "--mqtt-cert", "--mqtt-key")
+
+    def context(self) -> ssl.SSLContext:
+        """A client context: certificate verification and host name check on (as a browser does).
+
+        Raises:
+            InputError: a file is missing or not a certificate/key, or only one of cert and key is given.
+        """
+        ca_opt, cert_opt, key_opt = self.options
+        if (self.cert_file is None) != (self.key_file is None):
+            raise InputError(f"{cert_opt} and {key_opt} go together (a client certificate and its key)")
+        try:
+            ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=self.ca_file)
+        except (OSError, ssl.SSLError) as e:
+            raise InputError(f"{ca_opt} {self.ca_file}: not a readable CA certificate file ({e})") from None
+        if self.cert_file is not None:
+            try:
+                ctx.load_cert_chain(self.cert_file, self.key_file)
+            except (OSError, ssl.SSLError) as e:
+                raise InputError(
+                    f"{cert_opt} {self.cert_file} / {key_opt} {self.key_file}: not a matching certificate and "
+                    f"key ({e})"
+                ) from None
+        return ctx
 
 
 def parse_mqtt_url(url: str) -> MqttTarget:
-    """``mqtt://[user[:password]@]host[:port]/topic`` (port 1883 by default) as an :class:`MqttTarget`.
+    """``mqtt[s]://[user[:password]@]host[:port]/topic`` as an :class:`MqttTarget` (port 1883, or 8883 for
+    ``mqtts``, TLS, by default).
 
     Raises:
         InputError: another scheme, no host, a bad port, no topic, or a topic with MQTT wildcards.
     """
-    form = "expected mqtt://host[:port]/topic"
+    form = "expected mqtt://host[:port]/topic or mqtts://host[:port]/topic"
     try:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as e:
         raise InputError(f"{url!r}: {e}; {form}") from None
-    if parts.scheme != "mqtt":
+    if parts.scheme not in ("mqtt", "mqtts"):
         raise InputError(f"{url!r}: scheme {parts.scheme or '(none)'!r} is not supported; {form}")
     if not parts.hostname:
         raise InputError(f"{url!r} names no broker host; {form}")
@@ -88,10 +132,11 @@ def parse_mqtt_url(url: str) -> MqttTarget:
         raise InputError(f"{url!r}: unexpected '?' or '#' part; {form}")
     return MqttTarget(
         host=parts.hostname,
-        port=port or DEFAULT_PORT,
+        port=port or (DEFAULT_TLS_PORT if parts.scheme == "mqtts" else DEFAULT_PORT),
         topic=topic,
         username=unquote(parts.username) if parts.username else None,
         password=unquote(parts.password) if parts.password else None,
+        tls=parts.scheme == "mqtts",
     )
 
 
@@ -137,6 +182,8 @@ class MqttSink:
         target: an ``mqtt://host[:port]/topic`` URL or an :class:`MqttTarget`.
         station: this station's name; the client id is ``edge-lora-<station>`` (default: the host name).
         spool_path: the spool file (created with its folder; an existing one is replayed first).
+        tls: CA bundle and client certificate of an ``mqtts://`` target (default: the system's CAs, no client
+            certificate); refused for a plain ``mqtt://`` target.
         spool_max_messages, spool_max_bytes: the spool's bounds; the oldest message is dropped beyond them.
         keepalive_s: MQTT keep-alive. connect_timeout_s: TCP connect + CONNACK time limit.
         retry_min_s, retry_max_s: reconnect back-off (doubles from min to max while the broker stays away).
@@ -151,6 +198,7 @@ class MqttSink:
         *,
         station: str | None = None,
         spool_path: str | os.PathLike,
+        tls: MqttTls | None = None,
         spool_max_messages: int = 100_000,
         spool_max_bytes: int = 64 << 20,
         keepalive_s: int = 30,
@@ -164,6 +212,12 @@ class MqttSink:
         self.target = parse_mqtt_url(target) if isinstance(target, str) else target
         self.station = station or socket.gethostname()
         self.client_id = f"edge-lora-{self.station}"
+        if tls is not None and not self.target.tls and any((tls.ca_file, tls.cert_file, tls.key_file)):
+            raise InputError(
+                f"{'/'.join(tls.options)} apply to a TLS broker: use an mqtts:// URL (got {self.target})"
+            )
+        # Built once, here: a bad CA or key file fails before the model loads, not in the sender thread.
+        self._ssl = (tls or MqttTls()).context() if self.target.tls else None
         if not 0 < retry_min_s <= retry_max_s:
             raise InputError(
                 f"reconnect back-off must satisfy 0 < min <= max, got {retry_min_s}, {retry_max_s}"
@@ -281,7 +335,13 @@ class MqttSink:
             self._wake_w.send(b"x")
 
     def _wait(self, sockets: list[Any], timeout: float, write: list[Any] | None = None) -> tuple[list, list]:
-        r, w, _ = select.select([self._wake_r, *sockets], write or [], [], max(0.0, timeout))
+        # TLS: bytes already decrypted in the SSL object are invisible to select(); paho's own loop makes
+        # the same check (SSLSocket.pending) before it waits.
+        ready = [s for s in sockets if isinstance(s, ssl.SSLSocket) and s.pending()]
+        r, w, _ = select.select(
+            [self._wake_r, *sockets], write or [], [], 0.0 if ready else max(0.0, timeout)
+        )
+        r = list({*r, *ready})
         if self._wake_r in r:
             with contextlib.suppress(OSError):  # drained (BlockingIOError)
                 while self._wake_r.recv(4096):
@@ -296,6 +356,8 @@ class MqttSink:
         c.max_inflight_messages_set(self.inflight)
         if self.target.username:
             c.username_pw_set(self.target.username, self.target.password)
+        if self._ssl is not None:
+            c.tls_set_context(self._ssl)
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_publish = self._on_publish
