@@ -34,6 +34,9 @@ class LoadedModel:
     from_yaml: bool
     train_args: dict[str, Any]
     provenance: dict[str, Any] = field(default_factory=dict)  # edge-lora's record in the checkpoint (merge's)
+    train_metrics: dict[str, float] = field(
+        default_factory=dict
+    )  # Ultralytics' final val metrics of its training
 
     @property
     def names(self) -> dict[int, str]:
@@ -140,6 +143,7 @@ def _load_detection_model(path: Path, nc: int | None) -> LoadedModel:
         False,
         dict(ckpt.get("train_args") or {}),
         dict(ckpt.get("edge_lora") or {}),
+        {k: float(v) for k, v in (ckpt.get("train_metrics") or {}).items() if isinstance(v, (int, float))},
     )
 
 

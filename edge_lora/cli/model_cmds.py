@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 import yaml
+from rich.markup import escape
 
 from edge_lora.cli import options
 from edge_lora.cli.console import console, human_bytes, kv_table
@@ -192,6 +193,12 @@ def train_cmd(
     )
     if result.seconds_per_epoch:
         console.print(f"training loop: {result.seconds_per_epoch:.1f}s per epoch (without validation)")
+    if result.start_metrics.get("mAP50-95") is not None:
+        console.print(
+            f"started from: val mAP50-95 {result.start_metrics['mAP50-95']:.4f} ({result.start_metrics['source']})"
+        )
+    for w in result.warnings:
+        console.print(f"[yellow]warning[/yellow]: {escape(w)}", highlight=False)
     _write_json(json_path, result.to_dict())
 
 

@@ -55,6 +55,11 @@ class TrainResult:
     frozen_tensors_verified: int = 0  # base tensors checked bit-identical after training (model and EMA)
     seconds_per_epoch: float = 0.0  # mean training-loop seconds per epoch (without validation)
     quant_scheme: str | None = None  # u8s8 | s8s8 when trained quant-aware
+    history: list[dict[str, Any]] = field(default_factory=list)  # per epoch: epoch, map50_95, map50, seconds
+    start_metrics: dict[str, Any] = field(
+        default_factory=dict
+    )  # what the base starts from (see train.health)
+    warnings: list[str] = field(default_factory=list)  # the adapter is not learning, with the likely fix
 
     @property
     def trainable_share(self) -> float:
@@ -115,6 +120,31 @@ def _report_epochs(trainer: Any, on_epoch: EpochCallback | None) -> None:
     from edge_lora.train.trainer import epoch_record
 
     trainer.add_callback("on_fit_epoch_end", lambda t: on_epoch(epoch_record(t)))
+
+
+def _collect_history(trainer: Any) -> list[dict[str, Any]]:
+    """Every finished epoch's val mAP (the curve the adapter metadata records and train.health reads)."""
+    from edge_lora.train.trainer import epoch_record
+
+    history: list[dict[str, Any]] = []
+
+    def add(t: Any) -> None:
+        r = epoch_record(t)
+        if not r["final"]:
+            history.append({k: r[k] for k in ("epoch", "map50_95", "map50", "seconds")})
+
+    trainer.add_callback("on_fit_epoch_end", add)
+    return history
+
+
+def _start_metrics(base: LoadedModel, measured: dict[str, Any] | None, rebuilt: bool) -> dict[str, Any]:
+    """What the base starts from: measured on this line's val images (same classes), else the base's own
+    final val metrics from its checkpoint (new classes: the base cannot score them)."""
+    if not rebuilt and measured:
+        return {**_metrics(measured), "source": "the base on this data's val images, before training"}
+    if rebuilt and base.train_metrics:
+        return {**_metrics(base.train_metrics), "source": "the base's own val metrics (its checkpoint)"}
+    return {}
 
 
 def train(options: TrainOptions, on_epoch: EpochCallback | None = None) -> TrainResult:
@@ -197,9 +227,17 @@ def train(options: TrainOptions, on_epoch: EpochCallback | None = None) -> Train
             "project": str(Path(tmp).resolve()),  # Ultralytics puts a relative project under runs/<task>/
             "name": "training",
         }
-        trainer = LoraDetectionTrainer(model, trainable, write, evaluate, overrides)
+        trainer = LoraDetectionTrainer(
+            model,
+            trainable,
+            write,
+            evaluate,
+            overrides,
+            validate_first=None if rebuilt else deepcopy(base.model),
+        )
         _report_epochs(trainer, on_epoch)
         epoch_seconds = _time_epochs(trainer)
+        history = _collect_history(trainer)
         trainer.train()
         seconds = time.perf_counter() - start
         for label, trained in (("model", trainer.model), ("EMA model", trainer.ema.ema)):
@@ -212,6 +250,15 @@ def train(options: TrainOptions, on_epoch: EpochCallback | None = None) -> Train
         if final is None:
             raise InputError(f"training on {options.data} produced no adapter (every epoch had NaN weights?)")
         metrics = _metrics(trainer.metrics)
+        from edge_lora.train.health import diagnose
+
+        start_metrics = _start_metrics(base, trainer.start_metrics, rebuilt)
+        warnings = diagnose(
+            [h["map50_95"] for h in history],
+            base_map=start_metrics.get("mAP50-95"),
+            head_rebuilt=rebuilt,
+            rank=settings.rank,
+        )
         final_meta = {
             **meta,
             "frozen_tensors_verified": len(snapshot),
@@ -220,6 +267,9 @@ def train(options: TrainOptions, on_epoch: EpochCallback | None = None) -> Train
             "train_seconds": round(seconds, 2),
             "epoch_seconds": [round(t, 2) for t in epoch_seconds],
             "seconds_per_epoch": round(_mean(epoch_seconds), 2),
+            "history": history,
+            "start_metrics": start_metrics,
+            "warnings": [w.to_dict() for w in warnings],
         }
         write_adapter(tmp, _load_into(model, final), plan.dense_prefixes, final_meta)
         shutil.rmtree(
@@ -243,6 +293,9 @@ def train(options: TrainOptions, on_epoch: EpochCallback | None = None) -> Train
         frozen_tensors_verified=len(snapshot),
         seconds_per_epoch=_mean(epoch_seconds),
         quant_scheme=options.quant_scheme,
+        history=history,
+        start_metrics=start_metrics,
+        warnings=[str(w) for w in warnings],
     )
 
 

@@ -101,6 +101,7 @@ class LoraDetectionTrainer(DetectionTrainer):
         write_adapter: Callable[[nn.Module, Path], None],
         evaluate_adapter: Callable[[Path], nn.Module],
         overrides: dict[str, Any],
+        validate_first: nn.Module | None = None,
     ) -> None:
         check_trainer_hooks()
         super().__init__(overrides=overrides)
@@ -110,6 +111,10 @@ class LoraDetectionTrainer(DetectionTrainer):
         self._merged_from_adapter = evaluate_adapter
         self.best_adapter = self.wdir / "best_adapter"
         self.last_adapter = self.wdir / "last_adapter"
+        # Validated once before the first epoch, by the validator the epochs use (same images, same settings):
+        # with LoRA's B at zero this is the model at step 0, i.e. what the base starts from on this line.
+        self._validate_first = validate_first
+        self.start_metrics: dict[str, float] | None = None
 
     def _apply_freeze(self) -> None:
         wanted = set(self.trainable)
@@ -129,6 +134,12 @@ class LoraDetectionTrainer(DetectionTrainer):
         super()._setup_train()
         self._apply_freeze()
         self.ema = AdapterEMA(self.model, self.trainable)
+        if self._validate_first is not None:
+            validator = self.get_validator()  # its own instance: the epochs' validator keeps its state
+            validator.args.plots = False
+            validator.args.compile = False
+            self.start_metrics = validator(model=self._validate_first)
+            self._validate_first = None
 
     def _model_train(self) -> None:
         self.model.train()
