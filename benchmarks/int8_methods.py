@@ -6,6 +6,7 @@ Rows, per backend scheme (ONNX Runtime u8s8, TensorRT s8s8 run in ONNX Runtime a
 * ``accuracy-aware``: the same with ``quantization.accuracy_aware`` (QDQ) / ``openvino.accuracy_aware`` (NNCF);
 * ``quant-aware``: an adapter trained with ``edge-lora train --quant-aware <target>``, exported with the
   scales it was trained with (no re-calibration; OpenVINO has no such path and calibrates as usual);
+  ``lsq``: the same with ``--quant-scales learned`` (LSQ scales, initialised from MinMax);
 * ``ultralytics``: Ultralytics' own INT8 export of the same merged checkpoint (``format=onnx, int8`` for ONNX
   Runtime, ``format=openvino, int8`` for OpenVINO), run by the same runner.
 
@@ -42,6 +43,8 @@ ADAPTERS: dict[str, list[str]] = {
     "plain": [],
     "qa-u8s8": ["--quant-aware", "cpu-onnxruntime"],
     "qa-s8s8": ["--quant-aware", "jetson"],
+    "lsq-u8s8": ["--quant-aware", "cpu-onnxruntime", "--quant-scales", "learned"],
+    "lsq-s8s8": ["--quant-aware", "jetson", "--quant-scales", "learned"],
 }
 
 
@@ -88,6 +91,7 @@ ROWS: dict[str, tuple[str, str, str, dict[str, Any], str]] = {
     "u8s8-accuracy-aware": ("u8s8", "accuracy-aware", "plain", {}, "shipped profile: accuracy-aware QDQ"),
     "u8s8-quant-aware": ("u8s8", "quant-aware", "qa-u8s8", QDQ_OFF, "trained scales, no search"),
     "u8s8-quant-aware+aa": ("u8s8", "quant-aware+aa", "qa-u8s8", {}, "trained scales, shipped profile"),
+    "u8s8-lsq": ("u8s8", "quant-aware-lsq", "lsq-u8s8", QDQ_OFF, "learned (LSQ) scales, no search"),
     "u8s8-ultralytics": ("u8s8", "ultralytics", "plain", {}, "Ultralytics format=onnx, quantize=8"),
     # Exploration of "the placement ONNX Runtime's CPU kernels fuse": the SiLU's Sigmoid and Mul and the
     # residual Add quantized too (QLinearSigmoid/QLinearMul/QLinearAdd), so a conv block stays in int8 between
@@ -103,6 +107,7 @@ ROWS: dict[str, tuple[str, str, str, dict[str, Any], str]] = {
     "s8s8-accuracy-aware": ("s8s8", "accuracy-aware", "plain", {}, "shipped profile: accuracy-aware QDQ"),
     "s8s8-quant-aware": ("s8s8", "quant-aware", "qa-s8s8", QDQ_OFF, "trained scales, no search"),
     "s8s8-quant-aware+aa": ("s8s8", "quant-aware+aa", "qa-s8s8", {}, "trained scales, shipped profile"),
+    "s8s8-lsq": ("s8s8", "quant-aware-lsq", "lsq-s8s8", QDQ_OFF, "learned (LSQ) scales, no search"),
     "nncf-plain": ("nncf", "plain", "plain", {}, "shipped profile: NNCF mixed preset"),
     "nncf-accuracy-aware": (
         "nncf", "accuracy-aware", "plain", {"openvino.accuracy_aware": True, "gates.max_map_drop": GOAL_POINTS},

@@ -322,3 +322,44 @@ def _head_inputs_onnx(path, x: np.ndarray) -> list[np.ndarray]:
     session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
     runs = [session.run(names, {session.get_inputs()[0].name: x[i : i + 1]}) for i in range(len(x))]
     return [np.concatenate([r[level] for r in runs]) for level in range(len(names))]
+
+
+@pytest.fixture(scope="module")
+def lsq_adapter(lively_base, demo_data, tmp_path_factory):
+    """``train --quant-aware jetson --quant-scales learned`` on the lively base."""
+    from edge_lora.train.adapter_io import read_adapter
+
+    out = tmp_path_factory.mktemp("lsq") / "line_b_s8s8_lsq"
+    result = train_line_b(
+        lively_base, demo_data.line_b_yaml, out, quant_aware="jetson", quant_scales="learned"
+    )
+    return result, read_adapter(out)
+
+
+def test_learned_scales_are_trained_recorded_and_put_into_the_graph(
+    lsq_adapter, lively_base, demo_data, calib_dir, tmp_path
+):
+    """LSQ: the scales move from their MinMax start during training, the adapter records the learned ones
+    (not its PEFT tensors: they are no LoRA weights), and the export puts exactly those into the graph."""
+    from safetensors.numpy import load_file
+
+    from edge_lora.train.lsq import PARAM
+
+    result, package = lsq_adapter
+    record = package.meta["quant_aware"]
+    assert record["method"] == "lsq" and result.frozen_tensors_verified > 0
+    entries = record["scales"]
+    moved = [n for n, e in entries.items() if abs(e["scale"] / e["calibrated_scale"] - 1) > 1e-3]
+    assert len(moved) > len(entries) // 2, f"only {len(moved)} of {len(entries)} scales moved"
+    assert not any(PARAM in k for k in load_file(str(package.path / "adapter_model.safetensors")))
+    merged = tmp_path / "merged.pt"
+    merge(lively_base, package.path, merged, data=demo_data.line_b_yaml)
+    profile = load_profile("jetson-orin-nano").with_overrides(
+        {"quantization.accuracy_aware": False, "imgsz": IMGSZ}
+    )
+    (artifact,) = export(merged, profile, tmp_path / "exp", calib=calib_dir, precisions=["int8"]).artifacts
+    assert artifact.details["quant_aware"]["method"] == "lsq"
+    qdq = tmp_path / "exp" / "tensorrt-int8-qdq" / "model.onnx"
+    quantizers, inputs = _quantizers(qdq), _conv_inputs(qdq)
+    for module, entry in entries.items():
+        assert quantizers[inputs[module]][0] == np.float32(entry["scale"]), module

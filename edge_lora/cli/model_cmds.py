@@ -116,6 +116,13 @@ def demo_data(out: Path, n_train: int, n_val: int, imgsz: int, seed: int, overwr
     show_default=True,
     help="Train images for the MinMax activation ranges (--quant-aware).",
 )
+@click.option(
+    "--quant-scales",
+    type=click.Choice(["fixed", "learned"]),
+    default="fixed",
+    show_default=True,
+    help="--quant-aware activation scales: fixed (MinMax of the base) or learned (LSQ, from MinMax).",
+)
 @options.overwrite
 @options.json_out
 def train_cmd(
@@ -141,6 +148,7 @@ def train_cmd(
     set_args: tuple[str, ...],
     quant_aware: str | None,
     quant_calibration_images: int,
+    quant_scales: str,
     overwrite: bool,
     json_path: Path | None,
 ) -> None:
@@ -171,13 +179,15 @@ def train_cmd(
         extra=_parse_set(set_args),
         quant_aware=quant_aware,
         quant_calibration_images=quant_calibration_images,
+        quant_scales=quant_scales,
     )
     if not full:
         console.print(f"LoRA r={rank} alpha={alpha:g} targets={targets} head={head}")
     if opts.quant_scheme:
         via = f" (target {opts.quant_target})" if opts.quant_target else ""
         console.print(
-            f"quant-aware: {opts.quant_scheme}{via}; activation scales from up to {quant_calibration_images} train images"
+            f"quant-aware: {opts.quant_scheme}{via}; activation scales {quant_scales}, from up to "
+            f"{quant_calibration_images} train images"
         )
     result = train(opts, on_epoch=None if sys.stdout.isatty() else _print_epoch)
     console.print(

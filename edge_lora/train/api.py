@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from collections.abc import Callable
@@ -183,9 +184,13 @@ def train(options: TrainOptions, on_epoch: EpochCallback | None = None) -> Train
 
         quant["scales_folded"] = enable_quant_aware(model, quant["scales"])
     trainable = set_trainable(model, plan.dense_prefixes)
-    # Dense head tensors are trained on purpose; everything else (base weights, every BN buffer) must stay.
+    learned_names = _learned_scales(model, trainable, quant) if options.quant_scales == "learned" else []
+    # Dense head tensors and learned scales are trained on purpose; everything else (base weights, every BN
+    # buffer) must stay.
     snapshot = frozen_snapshot(
-        model, [k for k in model.state_dict() if any(k.startswith(p + ".") for p in plan.dense_prefixes)]
+        model,
+        [k for k in model.state_dict() if any(k.startswith(p + ".") for p in plan.dense_prefixes)]
+        + learned_names,
     )
     n_trainable = sum(p.numel() for n, p in model.named_parameters() if n in set(trainable))
     n_total = sum(p.numel() for n, p in base.model.named_parameters())
@@ -211,8 +216,11 @@ def train(options: TrainOptions, on_epoch: EpochCallback | None = None) -> Train
         meta["quant_aware"] = _quant_record(quant, options)
 
     def write(ema_model: nn.Module, where: Path) -> None:
+        record = meta
+        if learned_names:  # the scales this (EMA) model has learned so far go into its package
+            record = {**meta, "quant_aware": _quant_record(quant, options, ema_model)}
         with atomic_output_dir(where, overwrite=True) as tmp:
-            write_adapter(tmp, ema_model, plan.dense_prefixes, meta)
+            write_adapter(tmp, ema_model, plan.dense_prefixes, record)
 
     def evaluate(adapter_dir: Path) -> nn.Module:
         return merged_from_adapter(base.model, adapter_dir)
@@ -259,6 +267,8 @@ def train(options: TrainOptions, on_epoch: EpochCallback | None = None) -> Train
             head_rebuilt=rebuilt,
             rank=settings.rank,
         )
+        if learned_names:  # the chosen adapter's learned scales, as its package recorded them
+            meta["quant_aware"] = json.loads((final / "edge_lora.json").read_text())["quant_aware"]
         final_meta = {
             **meta,
             "frozen_tensors_verified": len(snapshot),
@@ -335,15 +345,35 @@ def _calibrate_quant_aware(
     images = calibration_images(data.splits["train"], options.quant_calibration_images)
     ranges = calibrate(model, quantized, images, options.imgsz)
     scales = {n: activation_quant(lo, hi, str(options.quant_scheme)) for n, (lo, hi) in ranges.items()}
+    shared: list[list[str]] = []
+    if options.quant_scales == "learned":  # convs reading one tensor must learn one scale (one quantizer)
+        from edge_lora.train.lsq import shared_input_groups
+
+        shared = shared_input_groups(model, quantized, images[0], options.imgsz)
     return {
         "scales": scales,
+        "shared_inputs": shared,
         "float_convs": floats,
         "images": len(images),
         "seconds": time.perf_counter() - start,
     }
 
 
-def _quant_record(quant: dict[str, Any], options: TrainOptions) -> dict[str, Any]:
+def _learned_scales(model: nn.Module, trainable: list[str], quant: dict[str, Any] | None) -> list[str]:
+    """Register LSQ's learned activation scales (``--quant-scales learned``) and make them trainable."""
+    from edge_lora.train.lsq import add_learned_scales
+
+    names = add_learned_scales(model, quant["shared_inputs"] if quant else ())
+    # A shared parameter is listed once by named_parameters (what the optimizer and EMA see), under each
+    # module by the state dict (what the frozen-base check must skip).
+    trainable += [n for n, _ in model.named_parameters() if n in set(names)]
+    return names
+
+
+def _quant_record(
+    quant: dict[str, Any], options: TrainOptions, learned_from: nn.Module | None = None
+) -> dict[str, Any]:
+    from edge_lora.train.lsq import learned_scales
     from edge_lora.train.quant_aware import quant_aware_record
 
     return quant_aware_record(
@@ -355,6 +385,7 @@ def _quant_record(quant: dict[str, Any], options: TrainOptions) -> dict[str, Any
         options.imgsz,
         quant["seconds"],
         quant["float_convs"],
+        learned_scales(learned_from) if learned_from is not None else None,
     )
 
 

@@ -97,6 +97,13 @@ class TrainOptions:
         default=32,
         metadata={"help": "Train images whose MinMax ranges fix the activation scales (--quant-aware)."},
     )
+    quant_scales: str = field(
+        default="fixed",
+        metadata={
+            "help": "Activation scales of --quant-aware: 'fixed' (the MinMax calibration) or 'learned' (LSQ, "
+            "initialised from it; the adapter records the learned ones)."
+        },
+    )
     #: resolved from ``quant_aware`` (``edge_lora.train.quant_aware.resolve_scheme``)
     quant_scheme: str | None = field(default=None, init=False)
     quant_target: str | None = field(default=None, init=False)
@@ -118,6 +125,10 @@ class TrainOptions:
             raise InputError(f"--lr must be positive, got {self.lr}")
         if self.quant_aware is not None:
             self._check_quant_aware()
+        elif self.quant_scales != "fixed":
+            raise InputError(
+                "--quant-scales applies to --quant-aware training; add --quant-aware SCHEME|TARGET"
+            )
 
     def _check_quant_aware(self) -> None:
         from edge_lora.train.quant_aware import resolve_scheme
@@ -129,6 +140,8 @@ class TrainOptions:
                 "--quant-aware trains through the merged weight W + scale*B*A, which has no LoRA branch to "
                 f"drop out; use --dropout 0 (got {self.lora.dropout})"
             )
+        if self.quant_scales not in ("fixed", "learned"):
+            raise InputError(f"--quant-scales must be fixed or learned, got {self.quant_scales!r}")
         if self.quant_calibration_images < 1:
             raise InputError(f"--quant-calibration-images must be >= 1, got {self.quant_calibration_images}")
         self.quant_scheme, self.quant_target = resolve_scheme(self.quant_aware)

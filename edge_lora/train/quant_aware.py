@@ -7,8 +7,8 @@ INT8 model is the model that was trained. For every adapted conv the forward pas
 
 * ``FQ_w``: per output channel, symmetric int8 in [-127, 127] with scale ``max|w_c| / 127`` (ONNX Runtime's
   ``WeightSymmetric`` per-channel weights, and TensorRT's), recomputed every step from the current weight;
-* ``FQ_act``: one fixed scale per conv input, from a MinMax calibration of the frozen, unadapted base on
-  train images of the line (ONNX Runtime's default ``CalibrationMethod.MinMax``: the min of the per-batch
+* ``FQ_act``: one scale per conv input, from a MinMax calibration of the frozen, unadapted base on
+  train images of the line (fixed; or the start of a learned one, ``--quant-scales learned``: :mod:`.lsq`) (ONNX Runtime's default ``CalibrationMethod.MinMax``: the min of the per-batch
   minima and the max of the maxima); ``u8s8``: asymmetric uint8 (the range widened to include 0),
   ``s8s8``: symmetric int8 (scale ``max|x| / 127``, zero point 0), both saturating like ``QuantizeLinear``;
 * both are torch's own ``fake_quantize_per_*_affine`` ops, whose gradient is the straight-through estimator
@@ -45,9 +45,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from edge_lora.errors import InputError
+from edge_lora.train.lsq import PARAM as LSQ_PARAM
+from edge_lora.train.lsq import fake_quant_learned
 
 SCHEMES = ("u8s8", "s8s8")
 METHOD = "minmax-fixed"
+METHOD_LEARNED = "lsq"  # MinMax-initialised, learned in training (edge_lora.train.lsq)
 DEFAULT_CALIBRATION_IMAGES = 32
 #: int8 weights, symmetric: ONNX Runtime's ``ONNX_INT_TYPE_SYMMETRIC_RANGE`` and TensorRT's narrow range.
 WEIGHT_QMIN, WEIGHT_QMAX = -127, 127
@@ -362,7 +365,7 @@ class _BiasAndBranchGradient(torch.autograd.Function):
 
 
 def _quant_forward(
-    q: _ConvQuant, layer: nn.Module, bn: nn.BatchNorm2d | None, x: torch.Tensor
+    q: _ConvQuant, layer: nn.Module, bn: nn.BatchNorm2d | None, x: torch.Tensor, owner: nn.Module
 ) -> torch.Tensor:
     """The fake-quantized conv (BN folded when ``bn`` is given), before the block's activation.
 
@@ -380,7 +383,11 @@ def _quant_forward(
     """
     base = layer.get_base_layer() if hasattr(layer, "get_base_layer") else layer
     frozen = not base.weight.requires_grad and (bn is None or not bn.weight.requires_grad)
-    xq = fake_quant_activation(x, q.act)
+    log_scale = owner._parameters.get(LSQ_PARAM)  # learned scale (edge_lora.train.lsq), else the fixed one
+    if log_scale is not None:
+        xq = fake_quant_learned(x, log_scale, q.act.zero_point, q.act.qmin, q.act.qmax)
+    else:
+        xq = fake_quant_activation(x, q.act)
     dtype = xq.dtype
     low_rank = q.grad_path == "low-rank" and frozen and torch.is_grad_enabled()
     with torch.no_grad() if low_rank else contextlib.nullcontext():
@@ -401,7 +408,7 @@ def _block_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
     q: _ConvQuant = getattr(self, _ATTR)
     if not q.enabled:
         return type(self).forward(self, x)
-    return self.act(_quant_forward(q, self.conv, self.bn, x))
+    return self.act(_quant_forward(q, self.conv, self.bn, x, self))
 
 
 def _layer_forward(self: nn.Module, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
@@ -409,7 +416,7 @@ def _layer_forward(self: nn.Module, x: torch.Tensor, *args: Any, **kwargs: Any) 
     q: _ConvQuant = getattr(self, _ATTR)
     if not q.enabled or args or kwargs:
         return type(self).forward(self, x, *args, **kwargs)
-    return _quant_forward(q, self, None, x)
+    return _quant_forward(q, self, None, x, self)
 
 
 def _foldable_block(parent: nn.Module | None, child: str) -> bool:
@@ -446,7 +453,8 @@ def enable_quant_aware(model: nn.Module, scales: dict[str, ActivationQuant]) -> 
     return folded
 
 
-def _patched(model: nn.Module) -> Iterator[tuple[nn.Module, _ConvQuant]]:
+def patched_modules(model: nn.Module) -> Iterator[tuple[nn.Module, _ConvQuant]]:
+    """Every module :func:`enable_quant_aware` patched, with its settings (conv name, quantizer, ...)."""
     for m in model.modules():
         q = m.__dict__.get(_ATTR)
         if q is not None:
@@ -458,7 +466,7 @@ def set_grad_path(model: nn.Module, path: str) -> int:
     if path not in ("low-rank", "autograd"):
         raise ValueError(f"grad path must be 'low-rank' or 'autograd', got {path!r}")
     n = 0
-    for _, q in _patched(model):
+    for _, q in patched_modules(model):
         q.grad_path = path
         n += 1
     return n
@@ -470,7 +478,7 @@ def set_fake_quant(model: nn.Module, enabled: bool) -> int:
     Off, every patched module runs its own forward: the float, unmerged PEFT model, exactly.
     """
     n = 0
-    for _, q in _patched(model):
+    for _, q in patched_modules(model):
         q.enabled = enabled
         n += 1
     return n
@@ -489,9 +497,10 @@ def fake_quant_disabled(model: nn.Module) -> Iterator[nn.Module]:
 def remove_quant_aware(model: nn.Module) -> int:
     """Undo :func:`enable_quant_aware`: every patched module gets its class's forward back."""
     n = 0
-    for m, _ in list(_patched(model)):
+    for m, _ in list(patched_modules(model)):
         m.__dict__.pop("forward", None)
         m.__dict__.pop(_ATTR, None)
+        m._parameters.pop(LSQ_PARAM, None)
         n += 1
     return n
 
@@ -505,22 +514,30 @@ def quant_aware_record(
     imgsz: int,
     seconds: float,
     float_convs: Sequence[str] = (),
+    learned: dict[str, ActivationQuant] | None = None,
 ) -> dict[str, Any]:
     """The adapter package's ``quant_aware`` section: scheme, method and one input quantizer per conv
-    (``float_convs``: adapted convs trained in float because the export keeps them float, the stem)."""
+    (``float_convs``: adapted convs trained in float because the export keeps them float, the stem;
+    ``learned``: the scales LSQ learned, which replace the calibrated ones, kept as ``calibrated_scale``)."""
+    learned = learned or {}
+    entries = {}
+    for n in scales:
+        entry = {**(learned[n] if n in learned else scales[n]).to_dict(), "bn_folded": folded[n]}
+        if n in learned:
+            entry["calibrated_scale"] = scales[n].scale
+        entries[n] = entry
     return {
         "scheme": scheme,
         "target": target,
-        "method": METHOD,
+        "method": METHOD_LEARNED if learned else METHOD,
         "calibration_images": images,
         "calibration_imgsz": imgsz,
         "calibration_seconds": round(seconds, 2),
         "calibrated_on": "the frozen base (no adapter), train images of the line, letterboxed as exported",
         "weights": f"per output channel, symmetric int8 [{WEIGHT_QMIN}, {WEIGHT_QMAX}], BN folded",
-        "activations": "per tensor, fixed: asymmetric uint8"
-        if scheme == "u8s8"
-        else "per tensor, fixed: symmetric int8",
-        "scales": {n: {**scales[n].to_dict(), "bn_folded": folded[n]} for n in scales},
+        "activations": f"per tensor, {'learned (LSQ, zero point fixed)' if learned else 'fixed'}: "
+        + ("asymmetric uint8" if scheme == "u8s8" else "symmetric int8"),
+        "scales": entries,
         "float_convs": sorted(float_convs),
     }
 

@@ -141,6 +141,14 @@ class LoraDetectionTrainer(DetectionTrainer):
             self.start_metrics = validator(model=self._validate_first)
             self._validate_first = None
 
+    def build_optimizer(self, model: nn.Module, *args: Any, **kwargs: Any) -> torch.optim.Optimizer:
+        """Ultralytics' optimizer, with LSQ's learned activation scales (if any) in a group of their own."""
+        from edge_lora.train.lsq import own_param_group
+
+        optimizer = super().build_optimizer(model, *args, **kwargs)
+        own_param_group(optimizer, model)
+        return optimizer
+
     def _model_train(self) -> None:
         self.model.train()
         for m in self.model.modules():
