@@ -266,3 +266,23 @@ def test_trained_quant_aware_forward_is_close_to_float_and_off_is_merged(qat_ada
     assert not torch.equal(fq, float_out)
     assert (fq - float_out).abs().max() <= 0.1 * float_out.abs().max()
     torch.testing.assert_close(off, merged, rtol=1e-4, atol=1e-4)
+
+
+def test_learned_scales_get_one_optimizer_group_each_scale_once():
+    """A scale shared by two convs (one input tensor) is listed under both modules by Ultralytics'
+    build_optimizer; own_param_group leaves it once, in its own group without decay at LR_FACTOR x lr."""
+    from edge_lora.train.lsq import GROUP, LR_FACTOR, PARAM, own_param_group
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 1, 1), torch.nn.Conv2d(1, 1, 1))
+    shared = torch.nn.Parameter(torch.zeros(1))
+    for m in model:
+        m.register_parameter(PARAM, shared)
+    weights = [m.weight for m in model]
+    listed = [p for _, m in model.named_modules() for _, p in m.named_parameters(recurse=False)]
+    decayed = [p for p in listed if p is shared or any(p is w for w in weights)]
+    optimizer = torch.optim.AdamW([{"params": decayed, "weight_decay": 0.05, "lr": 0.002}])
+    assert own_param_group(optimizer, model) == 1
+    rest, lsq = optimizer.param_groups
+    assert all(p is not shared for p in rest["params"]) and len(rest["params"]) == 2
+    assert lsq["params"] == [shared] and lsq["param_group"] == GROUP
+    assert lsq["weight_decay"] == 0.0 and lsq["lr"] == pytest.approx(0.002 * LR_FACTOR)

@@ -139,14 +139,12 @@ def own_param_group(optimizer: torch.optim.Optimizer, model: nn.Module) -> int:
     ids = {id(p) for name, p in model.named_parameters() if name.endswith("." + PARAM)}
     if not ids:
         return 0
-    moved: list[torch.Tensor] = []
+    moved: dict[int, torch.Tensor] = {}  # by id: Ultralytics lists a shared scale under each of its modules
     for group in optimizer.param_groups:
-        keep = [p for p in group["params"] if id(p) not in ids]
-        moved += [p for p in group["params"] if id(p) in ids]
-        group["params"] = keep
+        moved.update((id(p), p) for p in group["params"] if id(p) in ids)
+        group["params"] = [p for p in group["params"] if id(p) not in ids]
     template = optimizer.param_groups[0]
-    optimizer.add_param_group(
-        {**{k: v for k, v in template.items() if k != "params"}, "params": moved, "lr": template["lr"] * LR_FACTOR,
-         "weight_decay": 0.0, "param_group": GROUP}
-    )  # fmt: skip
+    settings = {k: v for k, v in template.items() if k != "params"}
+    settings.update(lr=template["lr"] * LR_FACTOR, weight_decay=0.0, param_group=GROUP)
+    optimizer.add_param_group({"params": list(moved.values()), **settings})
     return len(moved)
