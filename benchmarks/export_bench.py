@@ -226,12 +226,15 @@ def graph_summary(path: Path) -> dict[str, Any]:
         return {"error": f"{type(e).__name__}: {e}"}
 
 
-def export_edge(spec: dict[str, Any], profile: str, out: Path) -> dict[str, Any]:
-    """``edge_lora.export.api.export`` for one precision, timed from the .pt to the artifact."""
+def export_edge(
+    spec: dict[str, Any], profile: Any, out: Path, checkpoint: Path = BASE, data: Path = DATA
+) -> dict[str, Any]:
+    """``edge_lora.export.api.export`` of ``checkpoint`` for one precision (``profile``: a name, YAML file or
+    ``TargetProfile``), timed from the .pt to the artifact."""
     from edge_lora.export.api import export
 
     t0 = time.perf_counter()
-    res = export(BASE, profile, out, data=DATA, precisions=[spec["precision"]], overwrite=True)
+    res = export(checkpoint, profile, out, data=data, precisions=[spec["precision"]], overwrite=True)
     wall = time.perf_counter() - t0
     if not res.artifacts:
         raise RuntimeError(f"edge-lora built nothing: {res.failures}")
@@ -243,6 +246,7 @@ def export_edge(spec: dict[str, Any], profile: str, out: Path) -> dict[str, Any]
         "details": art.to_dict()["details"],
         "failures": res.failures,
         "calibration": str(res.calibration) if res.calibration else None,
+        "notes": res.notes,
     }
 
 

@@ -133,27 +133,14 @@ def merged_checkpoint(adapter: str, work: Path) -> Path:
 def export_row(name: str, merged: Path, profile: Any, out: Path) -> dict[str, Any]:
     """Export one row's artifact: edge-lora's ``export()``, or Ultralytics' exporter for ultralytics rows."""
     scheme, method, *_ = ROWS[name]
-    if method == "ultralytics":
-        from export_bench import export_ultralytics
+    from export_bench import export_edge, export_ultralytics
 
+    if method == "ultralytics":
         fmt = "openvino" if scheme == "nncf" else "onnx"
         spec = {"args": {"format": fmt, "quantize": 8, "data": str(NEWBOARDS)}}
         return export_ultralytics(spec, out, checkpoint=merged)
-    from edge_lora.export.api import export
-
-    precision = "fp32" if method == "fp32" else "int8"
-    t0 = time.perf_counter()
-    res = export(merged, profile, out, data=NEWBOARDS, precisions=[precision], overwrite=True)
-    wall = time.perf_counter() - t0
-    if not res.artifacts:
-        raise RuntimeError(f"export built nothing: {res.failures}")
-    art = res.artifacts[0]
-    return {
-        "path": str(art.path),
-        "export_seconds": round(wall, 1),
-        "details": art.details,
-        "notes": res.notes,
-    }
+    spec = {"precision": "fp32" if method == "fp32" else "int8"}
+    return export_edge(spec, profile, out, checkpoint=merged, data=NEWBOARDS)
 
 
 def evaluate(args: argparse.Namespace, report: dict[str, Any], save: Any) -> None:

@@ -34,9 +34,8 @@ class LoadedModel:
     from_yaml: bool
     train_args: dict[str, Any]
     provenance: dict[str, Any] = field(default_factory=dict)  # edge-lora's record in the checkpoint (merge's)
-    train_metrics: dict[str, float] = field(
-        default_factory=dict
-    )  # Ultralytics' final val metrics of its training
+    # Ultralytics' final val metrics of the checkpoint's own training (its ``train_metrics``)
+    train_metrics: dict[str, float] = field(default_factory=dict)
 
     @property
     def names(self) -> dict[int, str]:

@@ -366,7 +366,8 @@ def _learned_scales(model: nn.Module, trainable: list[str], quant: dict[str, Any
     names = add_learned_scales(model, quant["shared_inputs"] if quant else ())
     # A shared parameter is listed once by named_parameters (what the optimizer and EMA see), under each
     # module by the state dict (what the frozen-base check must skip).
-    trainable += [n for n, _ in model.named_parameters() if n in set(names)]
+    wanted = set(names)
+    trainable += [n for n, _ in model.named_parameters() if n in wanted]
     return names
 
 

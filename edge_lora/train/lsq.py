@@ -30,8 +30,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from edge_lora.errors import InputError
-
 #: The name of the log-scale parameter on a patched module (``model.3.edge_lora_log_act_scale``).
 PARAM = "edge_lora_log_act_scale"
 #: The scales' learning rate relative to the run's. Adam-type steps are about ``lr`` in log-scale, i.e. a
@@ -49,32 +47,10 @@ def shared_input_groups(
 
     The inputs are held until the pass ends, so a tensor's ``id`` cannot be reused by a later one.
     """
-    from edge_lora.runtime.frames import read_image
-    from edge_lora.runtime.prepost import preprocess
+    from edge_lora.train.quant_aware import conv_input_pass
 
-    modules = dict(model.named_modules())
     seen: dict[str, torch.Tensor] = {}
-
-    def hook(name: str) -> Any:
-        def record(_module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
-            seen.setdefault(name, inputs[0])
-
-        return record
-
-    handles = [modules[n].register_forward_pre_hook(hook(n)) for n in conv_names]
-    was_training = model.training
-    try:
-        model.eval()
-        frame = read_image(image)
-        if frame is None:
-            raise InputError(f"--quant-scales learned: cannot read image {image}")
-        x, _ = preprocess([frame], imgsz)
-        with torch.no_grad():
-            model(torch.from_numpy(x).to(next(model.parameters()).device))
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
+    conv_input_pass(model, conv_names, [image], imgsz, lambda name, x: seen.setdefault(name, x), batch=1)
     by_tensor: dict[int, list[str]] = {}
     for name in conv_names:
         if name in seen:

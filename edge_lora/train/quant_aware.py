@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import types
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -168,10 +168,16 @@ def calibration_images(train_images: Sequence[Path], n: int = DEFAULT_CALIBRATIO
     return [ordered[i] for i in sorted(set(idx.tolist()))]
 
 
-def calibrate(
-    model: nn.Module, conv_names: Sequence[str], images: Sequence[Path], imgsz: int, batch: int = 8
-) -> dict[str, tuple[float, float]]:
-    """Running min/max of the input of each named conv over ``images``, preprocessed as the exports are.
+def conv_input_pass(
+    model: nn.Module,
+    conv_names: Sequence[str],
+    images: Sequence[Path],
+    imgsz: int,
+    on_input: Callable[[str, torch.Tensor], None],
+    batch: int = 8,
+) -> None:
+    """Run ``model`` over ``images`` (preprocessed as the exports are) and hand every named conv's input to
+    ``on_input(name, tensor)`` (the MinMax calibration, LSQ's shared-input search).
 
     ``model`` is the frozen base before LoRA is injected; it is run in eval mode without gradients and is
     not modified (its hooks are removed afterwards).
@@ -180,16 +186,12 @@ def calibrate(
     from edge_lora.runtime.prepost import preprocess
 
     modules = dict(model.named_modules())
-    ranges: dict[str, list[float]] = {}
 
     def hook(name: str) -> Any:
-        def record(_module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
-            x = inputs[0].detach()
-            lo, hi = float(x.min()), float(x.max())
-            seen = ranges.setdefault(name, [lo, hi])
-            seen[0], seen[1] = min(seen[0], lo), max(seen[1], hi)
+        def seen(_module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+            on_input(name, inputs[0])  # returns None: a pre-hook's return value would replace the input
 
-        return record
+        return seen
 
     handles = [modules[n].register_forward_pre_hook(hook(n)) for n in conv_names]
     was_training = model.training
@@ -208,6 +210,20 @@ def calibrate(
         for h in handles:
             h.remove()
         model.train(was_training)
+
+
+def calibrate(
+    model: nn.Module, conv_names: Sequence[str], images: Sequence[Path], imgsz: int, batch: int = 8
+) -> dict[str, tuple[float, float]]:
+    """Running min/max of the input of each named conv over ``images`` (see :func:`conv_input_pass`)."""
+    ranges: dict[str, list[float]] = {}
+
+    def record(name: str, x: torch.Tensor) -> None:
+        lo, hi = float(x.min()), float(x.max())
+        seen = ranges.setdefault(name, [lo, hi])
+        seen[0], seen[1] = min(seen[0], lo), max(seen[1], hi)
+
+    conv_input_pass(model, conv_names, images, imgsz, record, batch)
     missing = [n for n in conv_names if n not in ranges]
     if missing:
         raise InputError(f"--quant-aware calibration: conv {missing[0]} was never run by the model's forward")
