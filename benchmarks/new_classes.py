@@ -58,6 +58,15 @@ CONFIGS: dict[str, list[str]] = {
     "lora8-lr1e-2": ["--rank", "8", "--alpha", "16", "--optimizer", "AdamW", "--lr", "0.01"],
     "lora4-tuned": ["--rank", "4", "--alpha", "8", RECIPE],
     "full-warm0": ["--full", "--set", "warmup_epochs=0"],
+    # The new-class recipe (edge_lora/train/recipe.py, no tuning flags): --targets all, --norm train,
+    # AdamW 5e-3. The others take one ingredient out, or the rank down.
+    "lora8-recipe": ["--rank", "8", "--alpha", "16"],
+    "lora8-recipe-norm-frozen": ["--rank", "8", "--alpha", "16", "--norm", "frozen"],
+    "lora4-recipe": ["--rank", "4", "--alpha", "8"],
+    "lora8-old-defaults": [
+        *("--rank", "8", "--alpha", "16", "--targets", "backbone,neck", "--norm", "frozen"),
+        *("--set", "optimizer=auto"),
+    ],
 }
 
 EPOCH_LINE = re.compile(

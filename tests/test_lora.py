@@ -207,14 +207,18 @@ def test_merge_parity_failure_writes_nothing(tmp_path, trained_adapter, base_ckp
     assert not (tmp_path / "m.pt").exists() and not (tmp_path / "m.json").exists()
 
 
-def test_rebuilt_head_for_new_classes(tmp_path, base_ckpt, demo_data):
-    """Data with other class names: the class branch is rebuilt, trained densely, and merges exactly."""
+@pytest.mark.parametrize("norm", ["auto", "frozen"])
+def test_rebuilt_head_for_new_classes(tmp_path, base_ckpt, demo_data, norm):
+    """Data with other class names: the class branch is rebuilt, trained densely, and merges exactly.
+
+    With the new-class recipe (norm auto -> train) every BatchNorm is trained too and saved with the adapter:
+    PEFT still loads it, the merge is still exact, and the base checkpoint's BN statistics are untouched."""
     import shutil
 
     import yaml
 
     from edge_lora.train.api import train
-    from edge_lora.train.config import TrainOptions
+    from edge_lora.train.config import LoraSettings, TrainOptions
 
     data = yaml.safe_load(demo_data.line_b_yaml.read_text())
     data["names"] = {0: "crack", 1: "void"}
@@ -235,6 +239,7 @@ def test_rebuilt_head_for_new_classes(tmp_path, base_ckpt, demo_data):
             base=base_ckpt,
             data=tmp_path / "two.yaml",
             out=tmp_path / "ad",
+            lora=LoraSettings(norm=norm),
             epochs=1,
             imgsz=IMGSZ,
             batch=4,
@@ -243,15 +248,32 @@ def test_rebuilt_head_for_new_classes(tmp_path, base_ckpt, demo_data):
         )
     )
     assert result.head_mode == "rebuild"
+    meta = json.loads((result.out / "edge_lora.json").read_text())
+    trained_norm = norm == "auto"
+    assert meta["recipe"]["norm"] == {
+        "value": "train" if trained_norm else "frozen",
+        "source": "recipe: new classes" if trained_norm else "--norm",
+    }
+    assert meta["recipe"]["targets"]["value"] == ["all"]  # the new-class recipe adapts the head's box branch
+    assert any(".cv2." in t for t in meta["lora"]["target_modules"])
     # The dense class branches are PEFT modules_to_save, in adapter_model.safetensors (no head.safetensors).
     assert not (result.out / "head.safetensors").exists()
     config = json.loads((result.out / "adapter_config.json").read_text())
-    head = f"model.{len(load_detection_model(base_ckpt).model.model) - 1}"
-    assert config["modules_to_save"] and all(
-        m.startswith((f"{head}.cv3.", f"{head}.one2one_cv3.")) for m in config["modules_to_save"]
-    )
+    base_model = load_detection_model(base_ckpt).model
+    head = f"model.{len(base_model.model) - 1}"
+    branches = [
+        m for m in config["modules_to_save"] if m.startswith((f"{head}.cv3.", f"{head}.one2one_cv3."))
+    ]
+    norms = [m for m in config["modules_to_save"] if m not in branches]
+    assert branches and all(m.endswith(".bn") for m in norms) and (len(norms) > 50) == trained_norm
     saved = load_file(str(result.out / "adapter_model.safetensors"))
     assert any(k.startswith(f"base_model.model.{head}.cv3.") for k in saved)
+    base_sd = base_model.state_dict()
+    stem_mean = "model.0.bn.running_mean"
+    assert (f"base_model.model.{stem_mean}" in saved) == trained_norm
+    if trained_norm:  # the new data's statistics, not the base's (whose checkpoint stays as it was)
+        assert not torch.equal(saved[f"base_model.model.{stem_mean}"], base_sd[stem_mean].float())
+        assert torch.equal(load_detection_model(base_ckpt).model.state_dict()[stem_mean], base_sd[stem_mean])
     report = merge(base_ckpt, result.out, tmp_path / "m.pt", data=tmp_path / "two.yaml")
     assert report.parity.passed
 

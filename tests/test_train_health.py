@@ -84,6 +84,11 @@ def test_new_class_adapter_far_below_its_base_warns_on_the_command_line(tmp_path
         env={"COLUMNS": "200"},
     )  # fmt: skip
     assert r.exit_code == 0, r.output
+    # The recipe is printed before training: the new-class defaults, and the flags given winning over them.
+    assert (
+        "recipe for new classes (head rebuilt): targets all (recipe: new classes); norm train (recipe: new "
+        "classes); optimizer AdamW (--optimizer); lr 0.01 (--lr)" in " ".join(r.output.split())
+    )
     meta = json.loads((tmp_path / "ad" / "edge_lora.json").read_text())
     assert meta["start_metrics"]["mAP50-95"] == 0.5 and "checkpoint" in meta["start_metrics"]["source"]
     (warning,) = meta["warnings"]

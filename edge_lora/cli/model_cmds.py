@@ -74,9 +74,9 @@ def demo_data(out: Path, n_train: int, n_val: int, imgsz: int, seed: int, overwr
 @click.option("--dropout", type=float, default=0.0, show_default=True, help="Dropout on the LoRA branch.")
 @click.option(
     "--targets",
-    default="backbone,neck",
-    show_default=True,
-    help="Comma list: backbone, neck, head, all, a layer index, or a regex over module names.",
+    default=None,
+    help="Comma list: backbone, neck, head, all, a layer index, or a regex over module names "
+    "[default: backbone,neck; all when the head is rebuilt for new classes].",
 )
 @click.option(
     "--head",
@@ -85,12 +85,33 @@ def demo_data(out: Path, n_train: int, n_val: int, imgsz: int, seed: int, overwr
     show_default=True,
     help="auto: frozen if the classes match the base, else rebuild the class branch and train it densely.",
 )
+@click.option(
+    "--norm",
+    type=click.Choice(["auto", "frozen", "train"]),
+    default="auto",
+    show_default=True,
+    help="BatchNorm layers: train their scale, shift and statistics (saved with the adapter) or keep the "
+    "base's; auto: train when the head is rebuilt for new classes.",
+)
 @click.option("--full", is_flag=True, help="Train every weight instead (plain Ultralytics fine-tuning).")
 @click.option("--epochs", type=int, default=10, show_default=True)
 @options.imgsz
 @click.option("--batch", type=int, default=16, show_default=True)
-@click.option("--lr", type=float, default=None, help="Initial learning rate (default: Ultralytics' auto).")
-@click.option("--optimizer", default="auto", show_default=True, help="Ultralytics optimizer name.")
+@click.option(
+    "--lr",
+    type=float,
+    default=None,
+    help="Initial learning rate [default: 0.005 with AdamW for new classes, else Ultralytics' auto].",
+)
+@click.option(
+    "--optimizer", default="auto", show_default=True, help="Ultralytics optimizer name (auto: the recipe's)."
+)
+@click.option(
+    "--warmup-epochs",
+    type=float,
+    default=None,
+    help="Warm-up epochs [default: Ultralytics' 3.0].",
+)
 @click.option("--workers", type=int, default=2, show_default=True, help="Dataloader workers.")
 @click.option("--device", default="cpu", show_default=True, help="Torch device: cpu, 0, 0,1 ...")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -132,14 +153,16 @@ def train_cmd(
     rank: int,
     alpha: float,
     dropout: float,
-    targets: str,
+    targets: str | None,
     head: str,
+    norm: str,
     full: bool,
     epochs: int,
     imgsz: int,
     batch: int,
     lr: float | None,
     optimizer: str,
+    warmup_epochs: float | None,
     workers: int,
     device: str,
     seed: int,
@@ -157,8 +180,13 @@ def train_cmd(
     from edge_lora.train.config import LoraSettings, TrainOptions
 
     settings = LoraSettings(
-        rank=rank, alpha=alpha, dropout=dropout, targets=tuple(targets.split(",")), head=head
-    )  # type: ignore[arg-type]
+        rank=rank,
+        alpha=alpha,
+        dropout=dropout,
+        targets=None if targets is None else tuple(targets.split(",")),
+        head=head,  # type: ignore[arg-type]
+        norm=norm,  # type: ignore[arg-type]
+    )
     opts = TrainOptions(
         base=base,
         data=data,
@@ -170,6 +198,7 @@ def train_cmd(
         batch=batch,
         lr=lr,
         optimizer=optimizer,
+        warmup_epochs=warmup_epochs,
         workers=workers,
         device=device,
         seed=seed,
@@ -182,14 +211,18 @@ def train_cmd(
         quant_scales=quant_scales,
     )
     if not full:
-        console.print(f"LoRA r={rank} alpha={alpha:g} targets={targets} head={head}")
+        console.print(f"LoRA r={rank} alpha={alpha:g} head={head}")
     if opts.quant_scheme:
         via = f" (target {opts.quant_target})" if opts.quant_target else ""
         console.print(
             f"quant-aware: {opts.quant_scheme}{via}; activation scales {quant_scales}, from up to "
             f"{quant_calibration_images} train images"
         )
-    result = train(opts, on_epoch=None if sys.stdout.isatty() else _print_epoch)
+    result = train(
+        opts,
+        on_epoch=None if sys.stdout.isatty() else _print_epoch,
+        on_start=lambda recipe: console.print(escape(recipe.summary()), highlight=False),
+    )
     console.print(
         f"trainable parameters: {result.trainable_params:,} of {result.total_params:,} "
         f"({100 * result.trainable_share:.2f}%)"

@@ -34,6 +34,7 @@ from edge_lora.train.inject import (
     resolve_head_mode,
     set_trainable,
 )
+from edge_lora.train.recipe import Recipe, resolve_recipe
 
 HEAD_INIT_SEED = 0
 
@@ -61,6 +62,7 @@ class TrainResult:
         default_factory=dict
     )  # what the base starts from (see train.health)
     warnings: list[str] = field(default_factory=list)  # the adapter is not learning, with the likely fix
+    recipe: dict[str, Any] = field(default_factory=dict)  # resolved settings and their sources (train.recipe)
 
     @property
     def trainable_share(self) -> float:
@@ -148,11 +150,18 @@ def _start_metrics(base: LoadedModel, measured: dict[str, Any] | None, rebuilt: 
     return {}
 
 
-def train(options: TrainOptions, on_epoch: EpochCallback | None = None) -> TrainResult:
+def train(
+    options: TrainOptions,
+    on_epoch: EpochCallback | None = None,
+    on_start: Callable[[Recipe], None] | None = None,
+) -> TrainResult:
     """Fine-tune ``options.base`` on ``options.data`` with LoRA adapters (or every weight with ``full``).
 
-    ``on_epoch`` receives one record per finished epoch (epoch, epochs, losses, val mAP, seconds), so a
-    caller without a terminal (a log file, CI) can show progress.
+    Settings left to the recipe (targets, norm, optimizer, lr, warm-up) are resolved for the situation (the
+    base's classes, or new classes with the head rebuilt: :mod:`edge_lora.train.recipe`); ``on_start``
+    receives the resolved :class:`~edge_lora.train.recipe.Recipe` before training starts, and the adapter
+    metadata records it. ``on_epoch`` receives one record per finished epoch (epoch, epochs, losses, val
+    mAP, seconds), so a caller without a terminal (a log file, CI) can show progress.
 
     Returns a :class:`TrainResult`; the adapter package (or ``model.pt`` with ``full``) is in ``options.out``,
     written atomically: a failed run leaves no output directory behind.
@@ -169,9 +178,12 @@ def train(options: TrainOptions, on_epoch: EpochCallback | None = None) -> Train
             "train a base first with --full, then pass its model.pt"
         )
     base = load_detection_model(options.base)
-    settings = options.lora
-    head_mode = resolve_head_mode(settings.head, base.names, data.names)
+    head_mode = resolve_head_mode(options.lora.head, base.names, data.names)
     rebuilt = base.names != data.names
+    recipe = resolve_recipe(options, new_classes=rebuilt)
+    options, settings = recipe.options, recipe.options.lora
+    if on_start is not None:
+        on_start(recipe)
     model = (
         rebuild_for_classes(base.model, data.names, seed=HEAD_INIT_SEED) if rebuilt else deepcopy(base.model)
     )
@@ -199,6 +211,8 @@ def train(options: TrainOptions, on_epoch: EpochCallback | None = None) -> Train
         **_run_record(base, data, options),
         "nc": len(data.names),
         "lora": {**settings.to_dict(), "target_modules": plan.targets, "scale": settings.scale},
+        "recipe": recipe.record(),
+        "norm": {"mode": settings.norm, "modules": plan.norm_modules},
         "excluded": plan.excluded,
         "head": {
             "requested": settings.head,
@@ -242,6 +256,7 @@ def train(options: TrainOptions, on_epoch: EpochCallback | None = None) -> Train
             evaluate,
             overrides,
             validate_first=None if rebuilt else deepcopy(base.model),
+            train_norms=plan.norm_modules,
         )
         _report_epochs(trainer, on_epoch)
         epoch_seconds = _time_epochs(trainer)
@@ -306,6 +321,7 @@ def train(options: TrainOptions, on_epoch: EpochCallback | None = None) -> Train
         history=history,
         start_metrics=start_metrics,
         warnings=[str(w) for w in warnings],
+        recipe=recipe.record(),
     )
 
 

@@ -9,6 +9,7 @@ from typing import Any, Literal
 from edge_lora.errors import InputError
 
 HeadMode = Literal["auto", "frozen", "train"]
+NormMode = Literal["auto", "frozen", "train"]
 DEFAULT_TARGETS = ("backbone", "neck")
 
 
@@ -19,11 +20,12 @@ class LoraSettings:
     rank: int = field(default=8, metadata={"help": "LoRA rank r (size of the low-rank bottleneck)."})
     alpha: float = field(default=16.0, metadata={"help": "LoRA alpha; the update is scaled by alpha / rank."})
     dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA branch input while training."})
-    targets: tuple[str, ...] = field(
-        default=DEFAULT_TARGETS,
+    targets: tuple[str, ...] | None = field(
+        default=None,
         metadata={
             "help": "Where to put adapters: 'backbone', 'neck', 'head', 'all', a layer index ('9'), "
-            "or a regex matched against module names ('model\\.(1|2)\\..*')."
+            "or a regex matched against module names ('model\\.(1|2)\\..*'). None: the recipe's choice "
+            "(edge_lora.train.recipe: backbone,neck; all when the head is rebuilt for new classes)."
         },
     )
     head: HeadMode = field(
@@ -31,6 +33,15 @@ class LoraSettings:
         metadata={
             "help": "'frozen': head untouched; 'train': head trained densely and saved; 'auto': frozen when the "
             "data's class names equal the base's, else the class branch is rebuilt and trained densely."
+        },
+    )
+
+    norm: NormMode = field(
+        default="auto",
+        metadata={
+            "help": "BatchNorm layers: 'train' trains their scale, shift and running statistics on the new data "
+            "(saved with the adapter); 'frozen' keeps the base's; 'auto': the recipe's choice (train when the "
+            "head is rebuilt for new classes, frozen otherwise)."
         },
     )
 
@@ -43,9 +54,12 @@ class LoraSettings:
             raise InputError(f"--dropout must be in [0, 1), got {self.dropout}")
         if self.head not in ("auto", "frozen", "train"):
             raise InputError(f"--head must be auto, frozen or train, got '{self.head}'")
-        self.targets = tuple(t.strip() for t in self.targets if t.strip())
-        if not self.targets:
-            raise InputError("--targets is empty; use e.g. 'backbone,neck'")
+        if self.norm not in ("auto", "frozen", "train"):
+            raise InputError(f"--norm must be auto, frozen or train, got '{self.norm}'")
+        if self.targets is not None:
+            self.targets = tuple(t.strip() for t in self.targets if t.strip())
+            if not self.targets:
+                raise InputError("--targets is empty; use e.g. 'backbone,neck'")
 
     @property
     def scale(self) -> float:
@@ -55,7 +69,7 @@ class LoraSettings:
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form."""
         d = asdict(self)
-        d["targets"] = list(self.targets)
+        d["targets"] = None if self.targets is None else list(self.targets)
         return d
 
 
@@ -74,9 +88,15 @@ class TrainOptions:
     imgsz: int = field(default=640, metadata={"help": "Training and validation image size."})
     batch: int = field(default=16, metadata={"help": "Batch size."})
     lr: float | None = field(
-        default=None, metadata={"help": "Initial learning rate (None: Ultralytics' auto)."}
+        default=None,
+        metadata={"help": "Initial learning rate (None: the recipe's, see edge_lora.train.recipe)."},
     )
-    optimizer: str = field(default="auto", metadata={"help": "Ultralytics optimizer name, or 'auto'."})
+    optimizer: str = field(
+        default="auto", metadata={"help": "Ultralytics optimizer name, or 'auto' (the recipe's)."}
+    )
+    warmup_epochs: float | None = field(
+        default=None, metadata={"help": "Warm-up epochs (None: the recipe's, Ultralytics' 3.0 today)."}
+    )
     workers: int = field(default=2, metadata={"help": "Dataloader workers."})
     device: str = field(default="cpu", metadata={"help": "Torch device, e.g. 'cpu' or '0'."})
     seed: int = field(default=0, metadata={"help": "Random seed (Ultralytics deterministic mode)."})
@@ -123,6 +143,8 @@ class TrainOptions:
             )
         if self.lr is not None and self.lr <= 0:
             raise InputError(f"--lr must be positive, got {self.lr}")
+        if self.warmup_epochs is not None and self.warmup_epochs < 0:
+            raise InputError(f"--warmup-epochs must be >= 0, got {self.warmup_epochs}")
         if self.quant_aware is not None:
             self._check_quant_aware()
         elif self.quant_scales != "fixed":
@@ -139,6 +161,11 @@ class TrainOptions:
             raise InputError(
                 "--quant-aware trains through the merged weight W + scale*B*A, which has no LoRA branch to "
                 f"drop out; use --dropout 0 (got {self.lora.dropout})"
+            )
+        if self.lora.norm == "train":
+            raise InputError(
+                "--quant-aware folds each BatchNorm into its conv (as the export does), which needs the base's "
+                "running statistics; use --norm frozen (or auto) with --quant-aware"
             )
         if self.quant_scales not in ("fixed", "learned"):
             raise InputError(f"--quant-scales must be fixed or learned, got {self.quant_scales!r}")
@@ -163,6 +190,8 @@ class TrainOptions:
             "amp": self.device != "cpu",
             "exist_ok": True,
         }
+        if self.warmup_epochs is not None:
+            args["warmup_epochs"] = self.warmup_epochs
         if self.lr is not None:
             args["lr0"] = self.lr
             if (

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from edge_lora.errors import InputError
-from edge_lora.train.config import LoraSettings
+from edge_lora.train.config import DEFAULT_TARGETS, LoraSettings
 
 ADAPTER_NAME = "default"  # PEFT's default adapter name; one adapter per package
 
@@ -29,6 +29,10 @@ class TargetPlan:
     dense_prefixes: list[str] = field(
         default_factory=list
     )  # modules trained densely (saved as PEFT ``modules_to_save``, see :func:`dense_modules`)
+    norm_modules: list[str] = field(
+        default_factory=list
+    )  # BatchNorm layers trained (``norm: train``), in train mode; those outside the dense head are listed
+    # in dense_prefixes too, so they are saved, loaded and merged like any densely trained module
 
 
 def head_index(model: nn.Module) -> int:
@@ -82,11 +86,12 @@ def plan_targets(model: nn.Module, settings: LoraSettings, head_mode: str) -> Ta
         detect = model.model[hidx]
         dense = [f"model.{hidx}.{b}" for b in ("cv3", "one2one_cv3") if getattr(detect, b, None) is not None]
     targets, excluded = [], {}
-    matched_any = {t: False for t in settings.targets}
+    wanted = settings.targets if settings.targets is not None else DEFAULT_TARGETS
+    matched_any = {t: False for t in wanted}
     for name, module in model.named_modules():
         if not isinstance(module, nn.Conv2d):
             continue
-        hits = [t for t in settings.targets if _matches(t, model, name)]
+        hits = [t for t in wanted if _matches(t, model, name)]
         for t in hits:
             matched_any[t] = True
         if not hits:
@@ -98,12 +103,23 @@ def plan_targets(model: nn.Module, settings: LoraSettings, head_mode: str) -> Ta
             excluded[name] = reason
         else:
             targets.append(name)
+    norms: list[str] = []
+    if settings.norm == "train":
+        norms = batchnorm_modules(model)
+        dense += [n for n in norms if not any(n.startswith(p + ".") for p in dense)]
     unmatched = [t for t, ok in matched_any.items() if not ok]
     if unmatched:
         raise InputError(f"--targets: {', '.join(unmatched)} matched no Conv2d layer of the model")
     if not targets:
         raise InputError("--targets selected no adaptable Conv2d (all were excluded); widen the selection")
-    return TargetPlan(targets=targets, excluded=excluded, head_mode=head_mode, dense_prefixes=dense)
+    return TargetPlan(
+        targets=targets, excluded=excluded, head_mode=head_mode, dense_prefixes=dense, norm_modules=norms
+    )
+
+
+def batchnorm_modules(model: nn.Module) -> list[str]:
+    """Names of every BatchNorm layer of ``model`` (what ``norm: train`` trains)."""
+    return [n for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
 def resolve_head_mode(requested: str, base_names: dict[int, str], data_names: dict[int, str]) -> str:

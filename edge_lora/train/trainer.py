@@ -5,7 +5,8 @@ Datasets, augmentation, loss, EMA, logging and the training loop stay Ultralytic
 * freezing: Ultralytics' ``_setup_train`` sets ``requires_grad=True`` on every parameter not named in
   ``freeze``; we re-apply the adapter's trainable set right after it (before the optimizer is built);
 * BatchNorm: the trainer puts the model back in train mode each epoch; every BN goes back to eval so
-  running statistics (and ``num_batches_tracked``) stay the base's, bit for bit;
+  running statistics (and ``num_batches_tracked``) stay the base's, bit for bit, except the BN layers the
+  recipe trains (``norm: train``), which stay in train mode and are saved with the adapter;
 * EMA: Ultralytics averages every float tensor, which would nudge the frozen base by rounding
   (d·w + (1-d)·w != w in floating point); ``AdapterEMA`` averages only the trainable tensors;
 * checkpoints: instead of pickled ``last.pt``/``best.pt`` it writes adapter packages (from the EMA model,
@@ -15,7 +16,7 @@ Datasets, augmentation, loss, EMA, logging and the training loop stay Ultralytic
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -74,11 +75,18 @@ def epoch_record(trainer: DetectionTrainer) -> dict[str, Any]:
 class AdapterEMA(ModelEMA):
     """Ultralytics' EMA restricted to the trainable tensors; frozen tensors are never touched."""
 
-    def __init__(self, model: nn.Module, trainable: list[str], **kwargs: Any) -> None:
+    def __init__(
+        self, model: nn.Module, trainable: list[str], trained_buffers: Sequence[str] = (), **kwargs: Any
+    ) -> None:
         super().__init__(model, **kwargs)
         ema_params = dict(self.ema.named_parameters())
         model_params = dict(unwrap_model(model).named_parameters())
         self._trainable_pairs = [(ema_params[n], model_params[n]) for n in trainable]
+        # Running statistics of trained BatchNorm layers: averaged like Ultralytics' EMA averages every float
+        # buffer; integer ones (num_batches_tracked) copied.
+        ema_buffers = dict(self.ema.named_buffers())
+        model_buffers = dict(unwrap_model(model).named_buffers())
+        self._buffer_pairs = [(ema_buffers[n], model_buffers[n]) for n in trained_buffers]
 
     def update(self, model: nn.Module) -> None:
         """EMA step over the trainable tensors only (same decay schedule as Ultralytics)."""
@@ -89,6 +97,11 @@ class AdapterEMA(ModelEMA):
         with torch.no_grad():
             for e, m in self._trainable_pairs:
                 e.mul_(d).add_(m.detach(), alpha=1.0 - d)
+            for e, m in self._buffer_pairs:
+                if e.is_floating_point():
+                    e.mul_(d).add_(m.detach(), alpha=1.0 - d)
+                else:
+                    e.copy_(m)
 
 
 class LoraDetectionTrainer(DetectionTrainer):
@@ -102,6 +115,7 @@ class LoraDetectionTrainer(DetectionTrainer):
         evaluate_adapter: Callable[[Path], nn.Module],
         overrides: dict[str, Any],
         validate_first: nn.Module | None = None,
+        train_norms: Sequence[str] = (),
     ) -> None:
         check_trainer_hooks()
         super().__init__(overrides=overrides)
@@ -115,6 +129,7 @@ class LoraDetectionTrainer(DetectionTrainer):
         # with LoRA's B at zero this is the model at step 0, i.e. what the base starts from on this line.
         self._validate_first = validate_first
         self.start_metrics: dict[str, float] | None = None
+        self.train_norms = set(train_norms)  # BatchNorm layers trained in train mode (norm: train)
 
     def _apply_freeze(self) -> None:
         wanted = set(self.trainable)
@@ -133,7 +148,8 @@ class LoraDetectionTrainer(DetectionTrainer):
             p.requires_grad_(p.is_floating_point())
         super()._setup_train()
         self._apply_freeze()
-        self.ema = AdapterEMA(self.model, self.trainable)
+        buffers = [n for n, _ in self.model.named_buffers() if n.rsplit(".", 1)[0] in self.train_norms]
+        self.ema = AdapterEMA(self.model, self.trainable, buffers)
         if self._validate_first is not None:
             validator = self.get_validator()  # its own instance: the epochs' validator keeps its state
             validator.args.plots = False
@@ -151,8 +167,8 @@ class LoraDetectionTrainer(DetectionTrainer):
 
     def _model_train(self) -> None:
         self.model.train()
-        for m in self.model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+        for name, m in self.model.named_modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and name not in self.train_norms:
                 m.eval()
 
     def save_model(self) -> bool:
