@@ -42,6 +42,8 @@ def describe(path: str | Path) -> dict[str, Any]:
                 "adapted_layers": len(lora.get("target_modules", [])),
                 "excluded": meta.get("excluded", {}),
                 "head": meta.get("head", {}),
+                "norm": meta.get("norm", {}).get("mode", "frozen"),  # adapters before the recipe: frozen BN
+                "recipe": meta.get("recipe", {}),
                 "trainable_params": meta.get("trainable_params"),
                 "total_params": meta.get("total_params"),
                 "trainable_share": (meta.get("trainable_params") or 0)
