@@ -63,6 +63,13 @@ CONFIGS: dict[str, list[str]] = {
     "lora8-recipe": ["--rank", "8", "--alpha", "16"],
     "lora8-recipe-norm-frozen": ["--rank", "8", "--alpha", "16", "--norm", "frozen"],
     "lora4-recipe": ["--rank", "4", "--alpha", "8"],
+    "lora8-recipe-rslora": [
+        "--rank",
+        "8",
+        "--alpha",
+        "16",
+        "--rslora",
+    ],  # scale 16/sqrt(8) = 5.7 instead of 2
     "lora8-old-defaults": [
         *("--rank", "8", "--alpha", "16", "--targets", "backbone,neck", "--norm", "frozen"),
         *("--set", "optimizer=auto"),
@@ -391,8 +398,9 @@ def markdown(report: dict) -> str:
     text = (
         "# New defect classes: LoRA vs head-only vs full fine-tuning (PV-Multi-Defect)\n\n"
         f"Base `{BASE.name}` (DeepPCB, 6 classes) adapted to PV-Multi-Defect's 5 new classes: {subset}, "
-        f"the whole val split (229 images). **Scaled down for a 2-core shared CPU** (run at nice 19 next to another "
-        f"training): imgsz {s['imgsz']} (the issue's numbers are at 320, DeepPCB's at 640), {s['epochs']} epochs, "
+        f"the whole val split (229 images). **Scaled down for a 2-core shared CPU** (configurations ran two at a "
+        f"time or next to other jobs, see the notes): imgsz {s['imgsz']} (the issue's numbers are at 320, "
+        f"DeepPCB's at 640), {s['epochs']} epochs, "
         f"batch {s['batch']}, seed 0. Absolute mAP is therefore low and the curves are short; the comparison "
         "between configurations is the point. Timings share the CPU with other jobs and carry their noise.\n\n"
         "mAP: Ultralytics' validator on the val split after every epoch (EMA weights; LoRA unmerged). best = the "
@@ -448,11 +456,27 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=REPO / "benchmarks" / "work" / "new_classes")
     ap.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results")
     ap.add_argument("--markdown-only", action="store_true", help="re-render the .md from the results JSON")
+    ap.add_argument(
+        "--merge-from",
+        type=Path,
+        action="append",
+        default=[],
+        help="with --markdown-only: add the runs of another results folder with the same settings (configs run "
+        "in parallel processes, each with its own --results)",
+    )
+    ap.add_argument("--note", action="append", default=[], help="with --markdown-only: add a note")
     args = ap.parse_args()
     if args.markdown_only:
         from edge_lora.fileio import atomic_write_json, atomic_write_text
 
         report = json.loads((args.results / "new_classes.json").read_text())
+        for other in args.merge_from:
+            doc = json.loads((other / "new_classes.json").read_text())
+            if doc["settings"] != report["settings"]:
+                sys.exit(f"{other}: other settings ({doc['settings']} vs {report['settings']})")
+            names = {r["name"] for r in doc["runs"]}
+            report["runs"] = [r for r in report["runs"] if r["name"] not in names] + doc["runs"]
+        report["notes"] = report.get("notes", []) + [n for n in args.note if n not in report.get("notes", [])]
         report.update(head_params=head_params(5), control=control())
         compare(report)
         atomic_write_json(args.results / "new_classes.json", report)

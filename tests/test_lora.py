@@ -149,6 +149,26 @@ def test_adapter_round_trip_gives_same_outputs(tmp_path, base_ckpt):
         assert torch.equal(model(x)[0], rebuilt(x)[0])
 
 
+def test_rslora_scales_by_sqrt_rank_and_survives_the_package(tmp_path, base_ckpt):
+    """--rslora is PEFT's use_rslora: the layers scale B·A by alpha/sqrt(r), and a written adapter reloads
+    with that scaling (PEFT reads it from adapter_config.json), giving the same outputs."""
+    settings = LoraSettings(rank=4, alpha=8, rslora=True)
+    assert settings.scale == 4.0
+    base, model, plan = _adapted(base_ckpt, settings)
+    layer = model.get_submodule(plan.targets[0])
+    assert layer.scaling["default"] == 4.0
+    _randomize_lora(model)
+    model.eval()
+    meta = {"names": {"0": "scratch", "1": "hole", "2": "short"}, "base": {}, "imgsz": IMGSZ, "head": {}}
+    write_adapter(tmp_path / "a", model, plan.dense_prefixes, meta)
+    assert json.loads((tmp_path / "a" / "adapter_config.json").read_text())["use_rslora"] is True
+    rebuilt, _ = build_adapted_model(base.model, read_adapter(tmp_path / "a"))
+    assert rebuilt.get_submodule(plan.targets[0]).scaling["default"] == 4.0
+    x = torch.rand(2, 3, IMGSZ, IMGSZ)
+    with torch.inference_mode():
+        assert torch.equal(model(x)[0], rebuilt(x)[0])
+
+
 # --- merge --------------------------------------------------------------------------------------------------
 
 

@@ -72,6 +72,7 @@ def demo_data(out: Path, n_train: int, n_val: int, imgsz: int, seed: int, overwr
     "--alpha", type=float, default=16.0, show_default=True, help="LoRA alpha (update scaled by alpha/r)."
 )
 @click.option("--dropout", type=float, default=0.0, show_default=True, help="Dropout on the LoRA branch.")
+@click.option("--rslora", is_flag=True, help="Rank-stabilised LoRA: scale the update by alpha/sqrt(r).")
 @click.option(
     "--targets",
     default=None,
@@ -153,6 +154,7 @@ def train_cmd(
     rank: int,
     alpha: float,
     dropout: float,
+    rslora: bool,
     targets: str | None,
     head: str,
     norm: str,
@@ -183,6 +185,7 @@ def train_cmd(
         rank=rank,
         alpha=alpha,
         dropout=dropout,
+        rslora=rslora,
         targets=None if targets is None else tuple(targets.split(",")),
         head=head,  # type: ignore[arg-type]
         norm=norm,  # type: ignore[arg-type]
@@ -211,7 +214,9 @@ def train_cmd(
         quant_scales=quant_scales,
     )
     if not full:
-        console.print(f"LoRA r={rank} alpha={alpha:g} head={head}")
+        console.print(
+            f"LoRA r={rank} alpha={alpha:g}{' (rsLoRA)' if rslora else ''} scale={settings.scale:g} head={head}"
+        )
     if opts.quant_scheme:
         via = f" (target {opts.quant_target})" if opts.quant_target else ""
         console.print(

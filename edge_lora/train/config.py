@@ -20,6 +20,10 @@ class LoraSettings:
     rank: int = field(default=8, metadata={"help": "LoRA rank r (size of the low-rank bottleneck)."})
     alpha: float = field(default=16.0, metadata={"help": "LoRA alpha; the update is scaled by alpha / rank."})
     dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA branch input while training."})
+    rslora: bool = field(
+        default=False,
+        metadata={"help": "Rank-stabilised LoRA (PEFT's use_rslora): scale the update by alpha / sqrt(r)."},
+    )
     targets: tuple[str, ...] | None = field(
         default=None,
         metadata={
@@ -63,8 +67,8 @@ class LoraSettings:
 
     @property
     def scale(self) -> float:
-        """The LoRA scaling factor alpha / r applied to B·A."""
-        return self.alpha / self.rank
+        """The LoRA scaling factor applied to B·A: alpha / r (alpha / sqrt(r) with ``rslora``)."""
+        return self.alpha / (self.rank**0.5 if self.rslora else self.rank)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form."""

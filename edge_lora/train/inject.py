@@ -171,6 +171,7 @@ def lora_config(settings: LoraSettings, targets: list[str], base_name: str) -> A
         r=settings.rank,
         lora_alpha=settings.alpha,
         lora_dropout=settings.dropout,
+        use_rslora=settings.rslora,
         target_modules=list(targets),
         bias="none",
         init_lora_weights=True,  # Kaiming A, zero B: the adapted model starts exactly at the base
