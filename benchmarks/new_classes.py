@@ -63,13 +63,11 @@ CONFIGS: dict[str, list[str]] = {
     "lora8-recipe": ["--rank", "8", "--alpha", "16"],
     "lora8-recipe-norm-frozen": ["--rank", "8", "--alpha", "16", "--norm", "frozen"],
     "lora4-recipe": ["--rank", "4", "--alpha", "8"],
-    "lora8-recipe-rslora": [
-        "--rank",
-        "8",
-        "--alpha",
-        "16",
-        "--rslora",
-    ],  # scale 16/sqrt(8) = 5.7 instead of 2
+    # rsLoRA: scale 16/sqrt(8) = 5.7 instead of 2.
+    "lora8-recipe-rslora": ["--rank", "8", "--alpha", "16", "--rslora"],
+    # --head lora: only the new final class convs (and the depthwise blocks) dense, the class branch with LoRA.
+    "lora4-recipe-headlora": ["--rank", "4", "--alpha", "8", "--head", "lora"],
+    "lora8-recipe-headlora": ["--rank", "8", "--alpha", "16", "--head", "lora"],
     "lora8-old-defaults": [
         *("--rank", "8", "--alpha", "16", "--targets", "backbone,neck", "--norm", "frozen"),
         *("--set", "optimizer=auto"),

@@ -227,8 +227,8 @@ def test_merge_parity_failure_writes_nothing(tmp_path, trained_adapter, base_ckp
     assert not (tmp_path / "m.pt").exists() and not (tmp_path / "m.json").exists()
 
 
-@pytest.mark.parametrize("norm", ["auto", "frozen"])
-def test_rebuilt_head_for_new_classes(tmp_path, base_ckpt, demo_data, norm):
+@pytest.mark.parametrize(("norm", "head"), [("auto", "auto"), ("frozen", "auto"), ("auto", "lora")])
+def test_rebuilt_head_for_new_classes(tmp_path, base_ckpt, demo_data, norm, head):
     """Data with other class names: the class branch is rebuilt, trained densely, and merges exactly.
 
     With the new-class recipe (norm auto -> train) every BatchNorm is trained too and saved with the adapter:
@@ -259,7 +259,7 @@ def test_rebuilt_head_for_new_classes(tmp_path, base_ckpt, demo_data, norm):
             base=base_ckpt,
             data=tmp_path / "two.yaml",
             out=tmp_path / "ad",
-            lora=LoraSettings(norm=norm),
+            lora=LoraSettings(norm=norm, head=head),
             epochs=1,
             imgsz=IMGSZ,
             batch=4,
@@ -267,7 +267,7 @@ def test_rebuilt_head_for_new_classes(tmp_path, base_ckpt, demo_data, norm):
             extra=fast_train_args(),
         )
     )
-    assert result.head_mode == "rebuild"
+    assert result.head_mode == ("rebuild" if head == "auto" else "rebuild-lora")
     meta = json.loads((result.out / "edge_lora.json").read_text())
     trained_norm = norm == "auto"
     assert meta["recipe"]["norm"] == {
@@ -280,14 +280,23 @@ def test_rebuilt_head_for_new_classes(tmp_path, base_ckpt, demo_data, norm):
     assert not (result.out / "head.safetensors").exists()
     config = json.loads((result.out / "adapter_config.json").read_text())
     base_model = load_detection_model(base_ckpt).model
-    head = f"model.{len(base_model.model) - 1}"
+    detect = f"model.{len(base_model.model) - 1}"
     branches = [
-        m for m in config["modules_to_save"] if m.startswith((f"{head}.cv3.", f"{head}.one2one_cv3."))
+        m for m in config["modules_to_save"] if m.startswith((f"{detect}.cv3.", f"{detect}.one2one_cv3."))
     ]
     norms = [m for m in config["modules_to_save"] if m not in branches]
     assert branches and all(m.endswith(".bn") for m in norms) and (len(norms) > 50) == trained_norm
+    pointwise = (
+        f"{detect}.cv3.0.0.1.conv"  # a class-branch 1x1 conv of the base: dense, or LoRA with --head lora
+    )
+    if head == "lora":
+        # Densely trained: only the new final class convs and the depthwise blocks LoRA cannot adapt.
+        assert f"{detect}.cv3.0.2" in branches and f"{detect}.cv3.0.0.0" in branches
+        assert f"{detect}.cv3.0" not in branches and pointwise in meta["lora"]["target_modules"]
+    else:
+        assert pointwise not in meta["lora"]["target_modules"] and f"{detect}.cv3.0" in branches
     saved = load_file(str(result.out / "adapter_model.safetensors"))
-    assert any(k.startswith(f"base_model.model.{head}.cv3.") for k in saved)
+    assert any(k.startswith(f"base_model.model.{detect}.cv3.") for k in saved)
     base_sd = base_model.state_dict()
     stem_mean = "model.0.bn.running_mean"
     assert (f"base_model.model.{stem_mean}" in saved) == trained_norm

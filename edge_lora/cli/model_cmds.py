@@ -81,10 +81,11 @@ def demo_data(out: Path, n_train: int, n_val: int, imgsz: int, seed: int, overwr
 )
 @click.option(
     "--head",
-    type=click.Choice(["auto", "frozen", "train"]),
+    type=click.Choice(["auto", "frozen", "train", "lora"]),
     default="auto",
     show_default=True,
-    help="auto: frozen if the classes match the base, else rebuild the class branch and train it densely.",
+    help="auto: frozen if the classes match the base, else rebuild the class branch and train it densely; "
+    "lora: rebuild only the final class convs (dense), adapt the rest of the class branch with LoRA.",
 )
 @click.option(
     "--norm",

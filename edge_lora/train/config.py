@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from edge_lora.errors import InputError
 
-HeadMode = Literal["auto", "frozen", "train"]
+HeadMode = Literal["auto", "frozen", "train", "lora"]
 NormMode = Literal["auto", "frozen", "train"]
 DEFAULT_TARGETS = ("backbone", "neck")
 
@@ -36,7 +36,9 @@ class LoraSettings:
         default="auto",
         metadata={
             "help": "'frozen': head untouched; 'train': head trained densely and saved; 'auto': frozen when the "
-            "data's class names equal the base's, else the class branch is rebuilt and trained densely."
+            "data's class names equal the base's, else the class branch is rebuilt and trained densely; 'lora': "
+            "only the final class convs rebuilt and trained densely (new classes), the class branch adapted "
+            "with LoRA."
         },
     )
 
@@ -56,8 +58,8 @@ class LoraSettings:
             raise InputError(f"--alpha must be positive, got {self.alpha}")
         if not 0.0 <= self.dropout < 1.0:
             raise InputError(f"--dropout must be in [0, 1), got {self.dropout}")
-        if self.head not in ("auto", "frozen", "train"):
-            raise InputError(f"--head must be auto, frozen or train, got '{self.head}'")
+        if self.head not in ("auto", "frozen", "train", "lora"):
+            raise InputError(f"--head must be auto, frozen, train or lora, got '{self.head}'")
         if self.norm not in ("auto", "frozen", "train"):
             raise InputError(f"--norm must be auto, frozen or train, got '{self.norm}'")
         if self.targets is not None:

@@ -25,7 +25,7 @@ class TargetPlan:
 
     targets: list[str]
     excluded: dict[str, str]  # module name -> why it was not adapted
-    head_mode: str  # resolved head mode: frozen | train | rebuild
+    head_mode: str  # resolved head mode: frozen | frozen-lora | train | rebuild | rebuild-lora
     dense_prefixes: list[str] = field(
         default_factory=list
     )  # modules trained densely (saved as PEFT ``modules_to_save``, see :func:`dense_modules`)
@@ -83,8 +83,15 @@ def plan_targets(model: nn.Module, settings: LoraSettings, head_mode: str) -> Ta
     if head_mode == "train":
         dense = [f"model.{hidx}"]
     elif head_mode == "rebuild":
-        detect = model.model[hidx]
-        dense = [f"model.{hidx}.{b}" for b in ("cv3", "one2one_cv3") if getattr(detect, b, None) is not None]
+        dense = [f"model.{hidx}.{b}" for b in class_branches(model)]
+    elif head_mode == "rebuild-lora":
+        dense = class_branch_dense(model)
+    # --head lora: the class branches' other convs are adapted whatever --targets says (nothing else trains them)
+    forced = (
+        {n for b in class_branches(model) for n in _convs_under(model, f"model.{hidx}.{b}")}
+        if head_mode in ("rebuild-lora", "frozen-lora")
+        else set()
+    )
     targets, excluded = [], {}
     wanted = settings.targets if settings.targets is not None else DEFAULT_TARGETS
     matched_any = {t: False for t in wanted}
@@ -94,7 +101,7 @@ def plan_targets(model: nn.Module, settings: LoraSettings, head_mode: str) -> Ta
         hits = [t for t in wanted if _matches(t, model, name)]
         for t in hits:
             matched_any[t] = True
-        if not hits:
+        if not hits and name not in forced:
             continue
         reason = _exclusion_reason(name, module)
         if reason is None and any(name == p or name.startswith(p + ".") for p in dense):
@@ -117,6 +124,40 @@ def plan_targets(model: nn.Module, settings: LoraSettings, head_mode: str) -> Ta
     )
 
 
+def class_branches(model: nn.Module) -> list[str]:
+    """The Detect head's class branches (``cv3``, and YOLO26's end-to-end copy ``one2one_cv3``)."""
+    detect = model.model[head_index(model)]
+    return [b for b in ("cv3", "one2one_cv3") if getattr(detect, b, None) is not None]
+
+
+def _convs_under(model: nn.Module, prefix: str) -> list[str]:
+    return [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and n.startswith(prefix + ".")]
+
+
+def class_branch_dense(model: nn.Module) -> list[str]:
+    """What ``--head lora`` trains densely in each class branch: the final class conv of every scale (new, so
+    it has no base weights to adapt) and the depthwise conv blocks (LoRA does not apply to grouped convs).
+
+    Their modules are listed the way :func:`dense_modules` saves them: a depthwise conv as its ``Conv`` block
+    (conv and BN), the final class conv as itself.
+    """
+    modules = dict(model.named_modules())
+    head = f"model.{head_index(model)}"
+    dense: list[str] = []
+    for branch in class_branches(model):
+        for i, _ in enumerate(modules[f"{head}.{branch}"]):
+            convs = _convs_under(model, f"{head}.{branch}.{i}") or [f"{head}.{branch}.{i}"]
+            final = convs[-1]
+            for name in convs[:-1]:
+                if modules[name].groups != 1:
+                    parent = name.rsplit(".", 1)[0]
+                    dense.append(
+                        parent if isinstance(getattr(modules[parent], "bn", None), nn.Module) else name
+                    )
+            dense.append(final)
+    return dense
+
+
 def batchnorm_modules(model: nn.Module) -> list[str]:
     """Names of every BatchNorm layer of ``model`` (what ``norm: train`` trains)."""
     return [n for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
@@ -126,11 +167,16 @@ def resolve_head_mode(requested: str, base_names: dict[int, str], data_names: di
     """Turn the user's --head choice into ``frozen`` | ``train`` | ``rebuild``.
 
     ``rebuild`` (auto with new classes) re-initialises the final class convs and trains the class branches
-    densely; ``train`` trains the whole head densely (after the same rebuild when the classes differ).
+    densely; ``rebuild-lora`` (``lora`` with new classes) re-initialises the same convs but trains only them
+    (and the depthwise convs) densely, the rest of the class branches with LoRA; ``train`` trains the whole
+    head densely (after the same rebuild when the classes differ). ``lora`` with the base's classes needs no
+    rebuild: it is ``frozen`` with the class branches adapted.
     """
     same = base_names == data_names
     if requested == "auto":
         return "frozen" if same else "rebuild"
+    if requested == "lora":
+        return "frozen-lora" if same else "rebuild-lora"
     if requested == "frozen" and not same:
         raise InputError(
             f"--head frozen: the data's classes {list(data_names.values())} differ from the base's "
