@@ -96,7 +96,7 @@ def resolve_recipe(options: TrainOptions, new_classes: bool) -> Recipe:
         optimizer, lr = NEW_CLASS_OPTIMIZER, NEW_CLASS_LR
         sources["optimizer"] = sources["lr"] = tag
     else:
-        sources["optimizer"] = "--optimizer" if options.optimizer != "auto" else "Ultralytics (auto)"
+        sources["optimizer"] = "--optimizer" if options.optimizer != "auto" else "Ultralytics"
         sources["lr"] = "--lr" if options.lr is not None else "Ultralytics"
         if options.lr is not None and options.optimizer == "auto":
             optimizer = "AdamW"  # Ultralytics' 'auto' ignores lr0 (TrainOptions.ultralytics_overrides)
