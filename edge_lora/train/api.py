@@ -195,6 +195,10 @@ def train(
         from edge_lora.train.quant_aware import enable_quant_aware
 
         quant["scales_folded"] = enable_quant_aware(model, quant["scales"])
+    elif not settings.dropout:  # one conv with W + s*B*A per adapted layer: full fine-tuning's cost per step
+        from edge_lora.train.merged_forward import enable_merged_forward
+
+        enable_merged_forward(model)
     trainable = set_trainable(model, plan.dense_prefixes)
     learned_names = _learned_scales(model, trainable, quant) if options.quant_scales == "learned" else []
     # Dense head tensors and learned scales are trained on purpose; everything else (base weights, every BN
@@ -210,7 +214,17 @@ def train(
     meta: dict[str, Any] = {
         **_run_record(base, data, options),
         "nc": len(data.names),
-        "lora": {**settings.to_dict(), "target_modules": plan.targets, "scale": settings.scale},
+        "lora": {
+            **settings.to_dict(),
+            "target_modules": plan.targets,
+            "scale": settings.scale,
+            # how training computed the adapted convs (edge_lora.train.merged_forward); PEFT's form elsewhere
+            "train_forward": "quant-aware"
+            if quant
+            else "lora-branch"
+            if settings.dropout
+            else "merged-weight",
+        },
         "recipe": recipe.record(),
         "norm": {"mode": settings.norm, "modules": plan.norm_modules},
         "excluded": plan.excluded,
