@@ -68,6 +68,9 @@ CONFIGS: dict[str, list[str]] = {
     # --head lora: only the new final class convs (and the depthwise blocks) dense, the class branch with LoRA.
     "lora4-recipe-headlora": ["--rank", "4", "--alpha", "8", "--head", "lora"],
     "lora8-recipe-headlora": ["--rank", "8", "--alpha", "16", "--head", "lora"],
+    # The same flags as lora8-recipe, run after training computed the adapted convs through the merged weight
+    # (edge_lora/train/merged_forward.py): same model, less CPU per epoch.
+    "lora8-recipe-merged-forward": ["--rank", "8", "--alpha", "16"],
     "lora8-old-defaults": [
         *("--rank", "8", "--alpha", "16", "--targets", "backbone,neck", "--norm", "frozen"),
         *("--set", "optimizer=auto"),
