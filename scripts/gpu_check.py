@@ -1011,11 +1011,18 @@ def install_probe(path: Path) -> None:
                 }
         dtypes: dict[str, str] = {}
         hooks = []
+        # A plain conv and an adapted one (the PEFT layer: edge-lora trains it as one conv with the merged
+        # weight, edge_lora/train/merged_forward.py, so its lora_A/base_layer submodules are not called).
         conv = next(
-            (m for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and "lora_" not in n), None
+            (
+                m
+                for n, m in model.named_modules()
+                if isinstance(m, nn.Conv2d) and "lora_" not in n and not n.endswith("base_layer")
+            ),
+            None,
         )
-        lora = next((m for n, m in model.named_modules() if n.endswith("lora_A.default")), None)
-        for label, mod in (("conv", conv), ("lora_A", lora)):
+        lora = next((m for m in model.modules() if hasattr(m, "lora_A") and len(m.lora_A)), None)
+        for label, mod in (("conv", conv), ("lora_layer", lora)):
             if mod is not None:
                 hooks.append(
                     mod.register_forward_hook(

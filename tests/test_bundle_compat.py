@@ -26,6 +26,26 @@ SCORE_TOL = 2e-3
 BOX_TOL = 0.5  # px
 
 
+def _cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    return {
+        f for line in text.splitlines() if line.startswith("flags") for f in line.split(":", 1)[1].split()
+    }
+
+
+#: The fixture's INT8 (u8s8) graph was run, for expected.json, on a CPU with VNNI. ONNX Runtime computes u8s8
+#: with other kernels on a CPU without it (AVX2's 16-bit pair sums, which can saturate: the reason profiles
+#: offer reduce_range). This tiny fixture model gives 84 overlapping detections near the 0.3 threshold per
+#: frame, and there most of them move (measured on an AVX2-only AMD EPYC: scores by up to 0.17, boxes by many
+#: pixels, up to 12 of 84 detections of a frame to another class). On such a CPU the detections cannot be
+#: compared one by one; the check keeps what a broken runtime or a changed bundle format would still change:
+#: the frames, the verdicts, the detection count (within 5%), the class ids with their names, the reasons.
+SAME_INT8_KERNELS = bool(_cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8"}) or not _cpu_flags()
+
+
 @pytest.fixture
 def bundle(tmp_path: Path) -> Path:
     """A private copy: a check must never depend on (or touch) the committed files' modes or neighbours."""
@@ -56,8 +76,16 @@ def _assert_same_frames(records: list[dict]) -> None:
     assert sorted(by_frame) == sorted(r["frame"] for r in EXPECTED["frames"])
     for want in EXPECTED["frames"]:
         got = by_frame[want["frame"]]
-        assert got["verdict"] == want["verdict"] and got["reasons"] == want["reasons"], want["frame"]
-        _assert_same_detections(want["frame"], got["detections"], want["detections"])
+        assert got["verdict"] == want["verdict"], want["frame"]
+        if SAME_INT8_KERNELS:
+            assert got["reasons"] == want["reasons"], want["frame"]
+            _assert_same_detections(want["frame"], got["detections"], want["detections"])
+            continue
+        n = len(want["detections"])
+        assert abs(len(got["detections"]) - n) <= 0.05 * n, want["frame"]
+        names = {(d["class"], d["name"]) for d in want["detections"]}
+        assert {(d["class"], d["name"]) for d in got["detections"]} <= names, want["frame"]
+        assert set(got["reasons"]) == set(want["reasons"]), want["frame"]
 
 
 def test_fixture_records_real_detections():

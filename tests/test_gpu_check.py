@@ -192,7 +192,7 @@ def test_probe_records_amp_and_the_frozen_base(tmp_path, demo_data, base_ckpt):
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     rec = json.loads(probe.read_text())
     assert rec["amp"] is False and rec["scaler_enabled"] is False and rec["device"] == "cpu"
-    assert rec["first_step_dtypes"] == {"conv": "torch.float32", "lora_A": "torch.float32"}
+    assert rec["first_step_dtypes"] == {"conv": "torch.float32", "lora_layer": "torch.float32"}
     frozen = rec["frozen_identical"]
     assert frozen["tensors"] > 100 and frozen["model_changed"] == 0 and frozen["ema_changed"] == 0
     assert rec["trainable_tensors"] > 0 and len(rec["epochs"]) == 1
