@@ -330,3 +330,15 @@ def test_rebuild_keeps_everything_but_class_convs(base_ckpt):
     differing = [k for k in new_sd if k not in old_sd or old_sd[k].shape != new_sd[k].shape]
     assert differing and all(".cv3." in k or "one2one_cv3" in k for k in differing)
     assert all(torch.equal(old_sd[k], new_sd[k]) for k in new_sd if k not in differing)
+
+
+def test_head_lora_with_the_base_classes_adapts_the_class_branches_without_a_rebuild(base_ckpt):
+    from edge_lora.train.inject import resolve_head_mode
+
+    base = load_detection_model(base_ckpt)
+    assert resolve_head_mode("lora", base.names, base.names) == "frozen-lora"
+    assert resolve_head_mode("lora", base.names, {0: "crack"}) == "rebuild-lora"
+    plan = plan_targets(deepcopy(base.model), LoraSettings(), "frozen-lora")  # --targets backbone,neck
+    detect = f"model.{len(base.model.model) - 1}"
+    assert f"{detect}.cv3.0.0.1.conv" in plan.targets and not plan.dense_prefixes
+    assert not any(t.startswith(f"{detect}.cv2.") for t in plan.targets)  # the box branch follows --targets
